@@ -1,0 +1,36 @@
+# Everything installs into .venv; `make test` and `make demo` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint protos clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ovms-bench demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Regenerate the TFS API modules from ovms_wire/protos/tfs/*.proto. grpcio-tools 1.76 emits code for
+# protobuf >= 6.31, the range tritonclient[grpc] accepts; newer grpcio-tools would demand protobuf 7.
+protos:
+	$(PYTHON) -m venv /tmp/ovms-protogen
+	/tmp/ovms-protogen/bin/pip install -q grpcio-tools==1.76.0
+	/tmp/ovms-protogen/bin/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		ovms_wire/protos/tfs/*.proto
+	cd ovms_wire/protos/tfs && rm -f types_pb2_grpc.py error_codes_pb2_grpc.py meta_graph_pb2_grpc.py \
+		tensor_pb2_grpc.py tensor_shape_pb2_grpc.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

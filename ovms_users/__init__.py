@@ -1,0 +1,1 @@
+"""Load generation: Locust User classes per API, request building, data, sequences."""

@@ -1,0 +1,5 @@
+import sys
+
+from refserver.cli import main
+
+sys.exit(main())
