@@ -43,7 +43,7 @@ def demo(args: argparse.Namespace) -> int:
             rows += [(m["name"], m["version"], m["state"], _fmt(m["inputs"]), _fmt(m["outputs"])) for m in models]
             widths = [max(len(r[i]) for r in rows) for i in range(4)]
             for r in rows:
-                print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[4])
+                print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + "  " + r[4])
             print(f"{len(models)} model versions served over TFS gRPC/REST and KServe v2 gRPC/REST.")
     except RefServerError as exc:
         print(f"ovms-bench: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ovms_wire.dtypes import DType, by_name, by_numpy, by_tf
+from ovms_wire.dtypes import by_name, by_numpy, by_tf
 from ovms_wire.protos.tfs import tensor_pb2
 
 __all__ = ["TensorError", "as_bytes_array", "to_tensor_proto", "from_tensor_proto", "to_raw", "from_raw",

@@ -74,16 +74,22 @@ def describe_models(config: ServerConfig) -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
 
 
-def _bind_http(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, what: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        raise StartError(f"cannot listen on {host}:{port} for REST ({exc.strerror}); choose another --rest-port "
-                         "(0 picks a free one)") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartError(f"cannot listen on {host}:{port} for {what} ({reason}); choose another "
+                         f"--{what.lower()}-port (0 picks a free one)") from None
+    return sock
+
+
+def _bind_http(host: str, port: int) -> socket.socket:
+    sock = _bind(host, port, "REST")
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -95,6 +101,8 @@ async def serve(args: argparse.Namespace, config: ServerConfig, certs: ServerCer
                                            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
                                            ("grpc.so_reuseport", 0)])
     grpc_server.add_generic_rpc_handlers(generic_handlers(server))
+    if args.grpc_port:   # ask the OS first: gRPC's own bind failure only logs to stderr
+        _bind(args.host, args.grpc_port, "gRPC").close()
     address = f"[{args.host}]:{args.grpc_port}" if ":" in args.host else f"{args.host}:{args.grpc_port}"
     try:
         grpc_port = (grpc_server.add_secure_port(address, certs.grpc_credentials()) if certs

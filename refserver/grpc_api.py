@@ -11,11 +11,11 @@ from google.protobuf import any_pb2
 from tritonclient.grpc import service_pb2 as kfs
 
 from ovms_wire.dtypes import DTypeError, by_name, by_tf
-from ovms_wire.protos.tfs import meta_graph_pb2, serving_apis_pb2 as tfs
+from ovms_wire.protos.tfs import meta_graph_pb2
+from ovms_wire.protos.tfs import serving_apis_pb2 as tfs
 from ovms_wire.tensors import TensorError, from_kfs_contents, from_raw, from_tensor_proto, to_raw, to_tensor_proto
 from refserver import __version__
-from refserver.core import (API_KFS, API_TFS, GRPC, NO_CONTROL, SEQUENCE_END, SEQUENCE_START, SequenceControl,
-                            Server)
+from refserver.core import API_KFS, API_TFS, GRPC, NO_CONTROL, SEQUENCE_END, SEQUENCE_START, SequenceControl, Server
 from refserver.errors import ServingError
 from refserver.models import ModelVersion, TensorSpec
 

@@ -102,11 +102,12 @@ def validate_input(model: ModelVersion, spec: TensorSpec, wire: DType, arr: np.n
     if arr.ndim != len(spec.shape):
         raise ServingError.invalid(f"Invalid number of shape dimensions - Expected: {spec.shape_str()}; "
                                    f"Actual: {actual}")
-    for i, (want, got) in enumerate(zip(spec.shape, arr.shape)):
-        if want != -1 and want != got:
-            if i == 0 and spec.shape[1:] == arr.shape[1:]:
-                raise ServingError.invalid(f"Invalid input batch size - Expected: {want}; Actual: {got}")
-            raise ServingError.invalid(f"Invalid input shape - Expected: {spec.shape_str()}; Actual: {actual}")
+    fits = [want in (-1, got) for want, got in zip(spec.shape, arr.shape, strict=True)]
+    if not all(fits):
+        if not fits[0] and all(fits[1:]):
+            raise ServingError.invalid(f"Invalid input batch size - Expected: {spec.shape[0]}; "
+                                       f"Actual: {arr.shape[0]}")
+        raise ServingError.invalid(f"Invalid input shape - Expected: {spec.shape_str()}; Actual: {actual}")
     return arr
 
 
@@ -133,7 +134,7 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 def _add(model: ModelVersion, inputs: Arrays, state: dict | None) -> Arrays:
     addend = model.params.get("addend", 1)
     out = {}
-    for ispec, ospec in zip(model.inputs, model.outputs):
+    for ispec, ospec in zip(model.inputs, model.outputs, strict=True):
         x = inputs[ispec.name]
         y = x.astype(np.float64) + addend if x.dtype.kind == "f" else x.astype(np.int64) + int(addend)
         if x.dtype == np.uint64:   # stay exact above 2**63
@@ -152,7 +153,8 @@ def _sum_diff(model: ModelVersion, inputs: Arrays, state: dict | None) -> Arrays
     if x.shape != y.shape:
         raise ServingError.invalid(f"Invalid input shape - inputs must have the same shape, got {list(x.shape)} "
                                    f"and {list(y.shape)}")
-    return {model.outputs[0].name: _cast(x + y, model.outputs[0]), model.outputs[1].name: _cast(x - y, model.outputs[1])}
+    out_sum, out_diff = model.outputs
+    return {out_sum.name: _cast(x + y, out_sum), out_diff.name: _cast(x - y, out_diff)}
 
 
 def _check_sum_diff(model: ModelVersion) -> None:

@@ -18,8 +18,15 @@ from ovms_wire.tensors import TensorError, from_raw, to_raw
 from refserver import __version__
 from refserver.core import API_KFS, API_TFS, REST, SequenceControl, Server
 from refserver.errors import ServingError
-from refserver.grpc_api import (EXTENSIONS, SEQ_CONTROL_INPUT, SEQ_ID_INPUT, SERVER_NAME, parse_version_string,
-                                sequence_from_inputs, signature_def_map)
+from refserver.grpc_api import (
+    EXTENSIONS,
+    SEQ_CONTROL_INPUT,
+    SEQ_ID_INPUT,
+    SERVER_NAME,
+    parse_version_string,
+    sequence_from_inputs,
+    signature_def_map,
+)
 from refserver.models import ModelVersion
 
 __all__ = ["make_app", "HEADER_LENGTH"]

@@ -73,7 +73,7 @@ def generate_certs(folder: str | Path, hosts: tuple[str, ...] = ("localhost", "1
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
