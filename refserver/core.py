@@ -139,9 +139,10 @@ class Server:
         return sorted(self.config.models[name])
 
     # -------------------------------------------------------------------------- counters
-    def count(self, ok: bool, api: str, interface: str, method: str, name: str, version: int) -> None:
+    def count(self, ok: bool, api: str, interface: str, method: str, name: str, version: int | None) -> None:
+        """Count one request; ``version=None`` for OVMS's model-level series (status and readiness calls)."""
         metric = "ovms_requests_success" if ok else "ovms_requests_fail"
-        self.counters[(metric, api, interface, method, name, str(version))] += 1
+        self.counters[(metric, api, interface, method, name, "" if version is None else str(version))] += 1
 
     def prometheus_text(self) -> str:
         lines = []
@@ -151,15 +152,18 @@ class Server:
             lines.append(f"# TYPE {metric} counter")
             for key in sorted(k for k in self.counters if k[0] == metric):
                 _, api, interface, method, name, version = key
-                lines.append(f'{metric}{{api="{api}",interface="{interface}",method="{method}",name="{name}",'
-                             f'version="{version}"}} {self.counters[key]}')
+                version_label = f',version="{version}"' if version else ""
+                lines.append(f'{metric}{{api="{api}",interface="{interface}",method="{method}",name="{name}"'
+                             f'{version_label}}} {self.counters[key]}')
         return "\n".join(lines) + "\n"
 
     # --------------------------------------------------------------------------- requests
-    def describe(self, api: str, interface: str, method: str, name: str, version: int | None) -> ServedVersion:
-        """Resolve a model for a metadata or status call, counting it as OVMS does."""
+    def describe(self, api: str, interface: str, method: str, name: str, version: int | None,
+                 per_version: bool = True) -> ServedVersion:
+        """Resolve a model for a metadata, status or readiness call, counting it as OVMS does: metadata per
+        version, status and readiness per model (no version label)."""
         served = self.resolve(name, version)
-        self.count(True, api, interface, method, name, served.model.version)
+        self.count(True, api, interface, method, name, served.model.version if per_version else None)
         return served
 
     async def infer(self, api: str, interface: str, method: str, name: str, version: int | None,

@@ -66,7 +66,8 @@ def _scalar(arr: np.ndarray, what: str) -> int:
 
 
 def sequence_from_inputs(inputs: dict, tf_names: bool) -> SequenceControl:
-    """OVMS's special inputs ``sequence_id`` (UINT64) and ``sequence_control_input`` (UINT32)."""
+    """OVMS's special inputs ``sequence_id`` (UINT64) and ``sequence_control_input`` (UINT32), decoded (JSON
+    and KServe carry no TensorProto field to check); pops them from ``inputs``."""
     seq_id = control = 0
     if SEQ_ID_INPUT in inputs:
         wire, arr = inputs.pop(SEQ_ID_INPUT)
@@ -80,6 +81,29 @@ def sequence_from_inputs(inputs: dict, tf_names: bool) -> SequenceControl:
             raise ServingError.invalid("Could not find sequence control input in expected tensor proto field "
                                        "uint32_val" if tf_names else "Sequence control input must be a UINT32 tensor")
         control = _scalar(arr, SEQ_CONTROL_INPUT)
+    return _control(seq_id, control)
+
+
+def _tfs_scalar(tp, field: str, dtype: str, message: str) -> int:
+    values = getattr(tp, field)
+    if tp.dtype != by_name(dtype).tf_enum or len(values) != 1 or [d.size for d in tp.tensor_shape.dim] != [1]:
+        raise ServingError.invalid(message)
+    return int(values[0])
+
+
+def tfs_sequence_control(inputs) -> SequenceControl:
+    """OVMS reads the sequence inputs of a TensorProto only from ``uint64_val``/``uint32_val``, shape [1]."""
+    seq_id = control = 0
+    if SEQ_ID_INPUT in inputs:
+        seq_id = _tfs_scalar(inputs[SEQ_ID_INPUT], "uint64_val", "UINT64",
+                             "Could not find sequence id in expected tensor proto field uint64_val")
+    if SEQ_CONTROL_INPUT in inputs:
+        control = _tfs_scalar(inputs[SEQ_CONTROL_INPUT], "uint32_val", "UINT32",
+                              "Could not find sequence control input in expected tensor proto field uint32_val")
+    return _control(seq_id, control)
+
+
+def _control(seq_id: int, control: int) -> SequenceControl:
     if control not in (NO_CONTROL, SEQUENCE_START, SEQUENCE_END):
         raise ServingError.invalid(f"Unexpected value of sequence control input: {control}")
     return SequenceControl(seq_id, control == SEQUENCE_START, control == SEQUENCE_END)
@@ -97,13 +121,15 @@ class TfsGrpc:
             raise ServingError.invalid("version_label is not supported; set model_spec.version")
         version = spec.version.value if spec.HasField("version") else None
         model = self.server.resolve(spec.name, version).model
+        sequence = tfs_sequence_control(request.inputs) if model.stateful else None
         inputs = {}
         for name, tp in request.inputs.items():
+            if sequence is not None and name in (SEQ_ID_INPUT, SEQ_CONTROL_INPUT):
+                continue
             try:
                 inputs[name] = (by_tf(tp.dtype), from_tensor_proto(tp))
             except (TensorError, DTypeError) as exc:
                 raise ServingError.invalid(f"Invalid content size of tensor proto - input {name}: {exc}") from None
-        sequence = sequence_from_inputs(inputs, tf_names=True) if model.stateful else None
         result = await self.server.infer(API_TFS, GRPC, "Predict", spec.name, model.version, inputs, sequence,
                                          request.output_filter)
         response = tfs.PredictResponse()
@@ -112,9 +138,11 @@ class TfsGrpc:
         response.model_spec.signature_name = SIGNATURE
         for ospec in result.specs:
             response.outputs[ospec.name].CopyFrom(to_tensor_proto(result.outputs[ospec.name], ospec.dtype.name))
-        if result.sequence_id is not None:
-            response.outputs[SEQ_ID_INPUT].CopyFrom(
-                to_tensor_proto(np.array([result.sequence_id], dtype=np.uint64), "UINT64"))
+        if result.sequence_id is not None:   # as OVMS writes it: uint64_val, shape [1]
+            out = response.outputs[SEQ_ID_INPUT]
+            out.dtype = by_name("UINT64").tf_enum
+            out.tensor_shape.dim.add(size=1)
+            out.uint64_val.append(result.sequence_id)
         return response
 
     async def get_model_metadata(self, request: tfs.GetModelMetadataRequest,
@@ -138,7 +166,7 @@ class TfsGrpc:
                                context: grpc.aio.ServicerContext) -> tfs.GetModelStatusResponse:
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
-        self.server.describe(API_TFS, GRPC, "GetModelStatus", spec.name, version)
+        self.server.describe(API_TFS, GRPC, "GetModelStatus", spec.name, version, per_version=False)
         versions = [version] if version else self.server.versions(spec.name)
         response = tfs.GetModelStatusResponse()
         for v in versions:
@@ -187,7 +215,8 @@ class KfsGrpc:
         return kfs.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
     async def model_ready(self, request: kfs.ModelReadyRequest, context):
-        self.server.describe(API_KFS, GRPC, "ModelReady", request.name, parse_version_string(request.version))
+        self.server.describe(API_KFS, GRPC, "ModelReady", request.name, parse_version_string(request.version),
+                             per_version=False)
         return kfs.ModelReadyResponse(ready=True)
 
     async def model_metadata(self, request: kfs.ModelMetadataRequest, context):

@@ -54,9 +54,9 @@ def _json_body(raw: bytes) -> dict:
 
 # ---------------------------------------------------------------------- JSON <-> tensors
 
-def _walk_json(value: object, want_bytes: bool, flags: dict) -> object:
+def _walk_json(value: object, want_bytes: bool, flags: dict, allow_bool: bool = False) -> object:
     if isinstance(value, list):
-        return [_walk_json(v, want_bytes, flags) for v in value]
+        return [_walk_json(v, want_bytes, flags, allow_bool) for v in value]
     if isinstance(value, dict):
         if set(value) == {"b64"} and isinstance(value["b64"], str):
             flags["binary"] = True
@@ -65,6 +65,8 @@ def _walk_json(value: object, want_bytes: bool, flags: dict) -> object:
             except ValueError:
                 raise ServingError.invalid("Invalid base64 string in a {\"b64\": ...} value") from None
         raise ServingError.invalid("Unexpected JSON object inside a tensor; only {\"b64\": \"...\"} is allowed")
+    if value is None or (isinstance(value, bool) and not allow_bool):
+        raise ServingError.invalid(f"Invalid input value {json.dumps(value)}: tensor values must be numbers or strings")
     if isinstance(value, str):
         if not want_bytes:
             raise ServingError.invalid("Invalid input precision - a string was given for a numeric input")
@@ -76,7 +78,7 @@ def _walk_json(value: object, want_bytes: bool, flags: dict) -> object:
 def json_to_tensor(value: object, dtype: DType, name: str) -> tuple[DType, np.ndarray]:
     """A TFS REST value (nested lists, strings, ``{"b64": ...}``) as (wire dtype, array)."""
     flags: dict = {}
-    walked = _walk_json(value, dtype.is_bytes, flags)
+    walked = _walk_json(value, dtype.is_bytes, flags, allow_bool=dtype.name == "BOOL")
     if flags.get("binary") or dtype.is_bytes:
         arr = np.array(walked, dtype=object)
         if arr.size and not all(isinstance(v, bytes) for v in arr.reshape(-1)):
@@ -132,7 +134,7 @@ class TfsRest:
             model = self.server.describe(API_TFS, REST, "GetModelMetadata", name, version).model
             return web.json_response(self.metadata_json(model))
         if request.method == "GET" and not verb:
-            self.server.describe(API_TFS, REST, "GetModelStatus", name, version)
+            self.server.describe(API_TFS, REST, "GetModelStatus", name, version, per_version=False)
             return web.json_response(self._status_json(name, [version] if version else self.server.versions(name)))
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
 
@@ -230,7 +232,7 @@ def _kfs_json_tensor(tensor: dict, dtype: DType, shape: list[int]) -> np.ndarray
         arr = np.empty(count, dtype=object)
         arr[:] = [v.encode() for v in data]
         return arr.reshape(shape)
-    if any(isinstance(v, (str, dict, list)) for v in data):
+    if dtype.name != "BOOL" and any(v is None or isinstance(v, (bool, str, dict, list)) for v in data):
         raise ServingError.invalid(f"Invalid input {tensor.get('name')}: {dtype.name} data must be numbers")
     try:
         return np.array(data, dtype=dtype.numpy).reshape(shape)
@@ -275,7 +277,7 @@ class KfsRest:
         if request.method == "POST" and verb == "infer":
             return await self.infer(request, name, version)
         if request.method == "GET" and verb == "ready":
-            self.server.describe(API_KFS, REST, "ModelReady", name, version)
+            self.server.describe(API_KFS, REST, "ModelReady", name, version, per_version=False)
             return web.Response(status=200)
         if request.method == "GET" and verb is None:
             model = self.server.describe(API_KFS, REST, "ModelMetadata", name, version).model
