@@ -149,7 +149,10 @@ def from_kfs_contents(contents: object, dtype: str, shape: Sequence[int]) -> np.
         out = np.empty(n, dtype=object)
         out[:] = vals
         return out.reshape(shape)
-    return np.asarray(vals, dtype=dt.numpy).reshape(shape)
+    try:
+        return np.asarray(vals, dtype=dt.numpy).reshape(shape)
+    except OverflowError:
+        raise TensorError(f"values outside the range of {dt.name}") from None
 
 
 def fill_kfs_contents(contents: object, value: np.ndarray, dtype: str) -> None:

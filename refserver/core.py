@@ -38,6 +38,10 @@ class SequenceControl:
     start: bool = False
     end: bool = False
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.sequence_id < 2 ** 64:
+            raise ServingError.invalid(f"Sequence id {self.sequence_id} is outside the UINT64 range")
+
 
 @dataclass
 class Sequence:

@@ -182,7 +182,7 @@ def _param_int(p: kfs.InferParameter) -> int:
     if which in ("int64_param", "uint64_param"):
         return int(getattr(p, which))
     if which == "string_param" and p.string_param.isdigit():
-        return int(p.string_param)
+        return int(p.string_param)   # SequenceControl checks the UINT64 range
     raise ServingError.invalid("Sequence id parameter must be an integer (int64_param or uint64_param)")
 
 
@@ -245,6 +245,8 @@ class KfsGrpc:
                                        f"{len(request.inputs)} inputs")
         inputs = {}
         for i, tensor in enumerate(request.inputs):
+            if tensor.name in inputs:
+                raise ServingError.invalid(f"Duplicate input name {tensor.name!r} in the request")
             try:
                 dtype = by_name(tensor.datatype)
                 shape = list(tensor.shape)

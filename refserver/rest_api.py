@@ -234,6 +234,8 @@ def _kfs_json_tensor(tensor: dict, dtype: DType, shape: list[int]) -> np.ndarray
         return arr.reshape(shape)
     if dtype.name != "BOOL" and any(v is None or isinstance(v, (bool, str, dict, list)) for v in data):
         raise ServingError.invalid(f"Invalid input {tensor.get('name')}: {dtype.name} data must be numbers")
+    if dtype.numpy.kind in "iu" and any(isinstance(v, float) and not v.is_integer() for v in data):
+        raise ServingError.invalid(f"Invalid input {tensor.get('name')}: {dtype.name} data must be whole numbers")
     try:
         return np.array(data, dtype=dtype.numpy).reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -246,12 +248,20 @@ def _kfs_sequence(params: dict) -> SequenceControl | None:
     seq_id = params.get("sequence_id", 0)
     if isinstance(seq_id, str) and seq_id.isdigit():
         seq_id = int(seq_id)
-    if not isinstance(seq_id, int) or isinstance(seq_id, bool) or seq_id < 0:
-        raise ServingError.invalid("Parameter sequence_id must be a non-negative integer")
+    if not isinstance(seq_id, int) or isinstance(seq_id, bool) or not 0 <= seq_id < 2 ** 64:
+        raise ServingError.invalid("Parameter sequence_id must be an integer from 0 to 2**64-1")
     start, end = params.get("sequence_start", False), params.get("sequence_end", False)
     if not isinstance(start, bool) or not isinstance(end, bool):
         raise ServingError.invalid("Parameters sequence_start and sequence_end must be booleans")
     return SequenceControl(seq_id, start, end)
+
+
+def _object(value: object, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ServingError.invalid(f"{what} must be a JSON object")
+    return value
 
 
 class KfsRest:
@@ -312,7 +322,7 @@ class KfsRest:
             try:
                 dtype = by_name(str(tensor["datatype"]))
                 shape = [int(d) for d in tensor["shape"]]
-                size = (tensor.get("parameters") or {}).get("binary_data_size")
+                size = _object(tensor.get("parameters"), "an input's parameters").get("binary_data_size")
                 if size is not None:
                     if offset + int(size) > len(binary):
                         raise ServingError.invalid(f"Input {tensor['name']}: binary_data_size {size} runs past the "
@@ -325,12 +335,18 @@ class KfsRest:
                 if isinstance(exc, ServingError):
                     raise
                 raise ServingError.invalid(f"Invalid input {tensor.get('name')}: {exc}") from None
+            if str(tensor["name"]) in inputs:
+                raise ServingError.invalid(f"Duplicate input name {tensor['name']!r} in the request")
             inputs[str(tensor["name"])] = (dtype, arr)
-        params = body.get("parameters") or {}
+        params = _object(body.get("parameters"), "parameters")
         sequence = _kfs_sequence(params)
         if model.stateful and (SEQ_ID_INPUT in inputs or SEQ_CONTROL_INPUT in inputs):
             sequence = sequence_from_inputs(inputs, tf_names=False)
         requested = body.get("outputs") or []
+        if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                      and isinstance(o.get("parameters") or {}, dict)
+                                                      for o in requested):
+            raise ServingError.invalid("'outputs' must be a list of objects, each with a 'name'")
         result = await self.server.infer(API_KFS, REST, "ModelInfer", name, model.version, inputs, sequence,
                                          [o["name"] for o in requested])
         binary_all = bool(params.get("binary_data_output", False))
@@ -376,8 +392,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ServingError as exc:
         return _error(exc)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == JSON_TYPE:
+            raise
+        return web.json_response({"error": exc.reason}, status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
     except Exception as exc:   # a server bug must still answer, with its cause
         log.exception("internal error on %s", request.path)
         return web.json_response({"error": f"Internal server error: {exc}"}, status=500)
