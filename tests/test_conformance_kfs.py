@@ -770,14 +770,17 @@ def test_tls_mutual_auth_succeeds(tls_refserver, certs_dir, transport):
         client.close()
 
 
-def test_tls_grpc_refuses_client_without_certificate(tls_refserver, certs_dir):
-    client = tls_grpc_client(tls_refserver, certs_dir, client_cert=False)
+def assert_refused(client: grpcclient.InferenceServerClient) -> None:
     try:
         with pytest.raises(InferenceServerException) as info:
             client.is_server_live(client_timeout=TIMEOUT)
         assert info.value.status() == "StatusCode.UNAVAILABLE"
     finally:
         client.close()
+
+
+def test_tls_grpc_refuses_client_without_certificate(tls_refserver, certs_dir):
+    assert_refused(tls_grpc_client(tls_refserver, certs_dir, client_cert=False))
 
 
 def test_tls_rest_refuses_client_without_certificate(tls_refserver, certs_dir):
@@ -792,13 +795,7 @@ def test_tls_rest_refuses_client_without_certificate(tls_refserver, certs_dir):
 
 
 def test_tls_refuses_plaintext_clients(tls_refserver):
-    client = grpcclient.InferenceServerClient(tls_refserver.grpc_address)
-    try:
-        with pytest.raises(InferenceServerException) as info:
-            client.is_server_live(client_timeout=TIMEOUT)
-        assert info.value.status() == "StatusCode.UNAVAILABLE"
-    finally:
-        client.close()
+    assert_refused(grpcclient.InferenceServerClient(tls_refserver.grpc_address))
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"http://{tls_refserver.rest_address}/v2/health/live", timeout=TIMEOUT)
 
