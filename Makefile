@@ -12,10 +12,18 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+MLSERVER_VENV ?= .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_STAMP): requirements-mlserver.txt
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-mlserver.txt
+	touch $(MLSERVER_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/ovms-bench demo
 
-test: $(STAMP)
+test: $(STAMP) $(MLSERVER_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
@@ -33,4 +41,4 @@ protos:
 		tensor_pb2_grpc.py tensor_shape_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .ruff_cache *.egg-info

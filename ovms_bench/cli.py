@@ -1,15 +1,18 @@
 """``ovms-bench``: the suite's command line.
 
-Subcommands come first (``ovms-bench demo``); anything else will be read as the OVMS benchmark
-client's own flags once the load side lands.
+Subcommands come first (``ovms-bench demo``); the OVMS benchmark client's own flags come with a
+later issue.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 from refserver.launcher import RefServer, RefServerError
 
@@ -29,33 +32,44 @@ def served_models(rest_url: str, timeout: float = 10.0) -> list[dict]:
     return out
 
 
-def _fmt(tensors: list[dict]) -> str:
-    return ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in tensors)
+LOCUSTFILE = Path(__file__).resolve().parent.parent / "ovms_users" / "locustfile.py"
+
+
+def run_benchmark(host: str, api: str, model: str, users: int, seconds: int, extra: list[str]) -> int:
+    """One headless Locust run in its own process; its summary goes to stdout."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless", "-u", str(users),
+           "-r", str(users), "-t", f"{seconds}s", "--only-summary", "--api", api, "--model_name", model, *extra]
+    print(f"\n$ locust -f ovms_users/locustfile.py --host {host} --headless -u {users} -t {seconds}s --api {api} "
+          f"--model_name {model} {' '.join(extra)}".rstrip(), flush=True)
+    # Locust writes its summary to stderr; a demo shows it on stdout
+    return subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.STDOUT).returncode
 
 
 def demo(args: argparse.Namespace) -> int:
     print("starting the reference server on free loopback ports ...", flush=True)
+    worst = 0
     try:
         with RefServer() as srv:
             print(f"reference server up: gRPC {srv.grpc_address}, REST {srv.rest_url}", flush=True)
             models = served_models(srv.rest_url)
-            rows = [("MODEL", "VERSION", "STATE", "INPUTS", "OUTPUTS")]
-            rows += [(m["name"], m["version"], m["state"], _fmt(m["inputs"]), _fmt(m["outputs"])) for m in models]
-            widths = [max(len(r[i]) for r in rows) for i in range(4)]
-            for r in rows:
-                print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + "  " + r[4])
-            print(f"{len(models)} model versions served over TFS gRPC/REST and KServe v2 gRPC/REST.")
+            print(f"it serves {len(models)} model versions: {', '.join(sorted({m['name'] for m in models}))}")
+            for api, model, extra in (("tfs", "dummy", []), ("kfs", "dummy", []),
+                                      ("kfs", "resnet_dyn", ["--bs", "1 4"])):
+                worst = max(worst, run_benchmark(srv.grpc_address, api, model, args.users, args.duration, extra))
     except RefServerError as exc:
         print(f"ovms-bench: error: {exc}", file=sys.stderr)
         return 1
-    print("reference server stopped.")
-    return 0
+    print("\nreference server stopped.")
+    return worst
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ovms-bench", description="Benchmark ML model servers on Locust.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="start the reference server and show what it serves").set_defaults(func=demo)
+    d = sub.add_parser("demo", help="start the reference server and benchmark it over both gRPC APIs")
+    d.add_argument("--duration", type=int, default=5, help="seconds per benchmark (default 5)")
+    d.add_argument("--users", type=int, default=4, help="concurrent users (default 4)")
+    d.set_defaults(func=demo)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

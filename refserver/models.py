@@ -7,34 +7,18 @@ latency and fault settings. Computations are real (numpy), so a client can check
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovms_wire.dtypes import DType, by_name
+from ovms_wire.dtypes import DType
+from ovms_wire.spec import TensorSpec
 from refserver.errors import ServingError
 
 __all__ = ["TensorSpec", "ModelVersion", "KINDS", "validate_input", "decode_images"]
 
 Arrays = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: DType
-    shape: tuple[int, ...]   # -1 for a dynamic dimension
-
-    @classmethod
-    def from_config(cls, raw: Mapping) -> TensorSpec:
-        shape = tuple(int(d) for d in raw["shape"])
-        if any(d < -1 or d == 0 for d in shape):
-            raise ValueError(f"tensor {raw['name']!r}: dimensions must be positive or -1, got {list(shape)}")
-        return cls(str(raw["name"]), by_name(str(raw.get("datatype") or raw.get("dtype"))), shape)
-
-    def shape_str(self) -> str:
-        return "(" + ",".join(str(d) for d in self.shape) + ")"
 
 
 @dataclass

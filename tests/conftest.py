@@ -49,3 +49,61 @@ def scrape_counter(text: str, metric: str, **labels: str) -> float:
         if all(found.get(k) == f'"{v}"' for k, v in labels.items()):
             return float(value)
     return 0.0
+
+
+MLSERVER_MODEL = Path(__file__).resolve().parent / "mlserver_model"
+
+
+@pytest.fixture(scope="session")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """MLServer (a third-party KServe v2 server, from its own venv) serving `addone` (y = x + 1, FP32 [-1, 4]);
+    yields its gRPC address."""
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    default = Path(__file__).resolve().parent.parent / ".venv-mlserver" / "bin" / "mlserver"
+    binary = Path(os.environ.get("MLSERVER_BIN", default))
+    if not binary.exists():
+        pytest.fail(f"MLServer is not installed at {binary}: run `make test` (it installs requirements-mlserver.txt "
+                    "into .venv-mlserver)")
+    folder = tmp_path_factory.mktemp("mlserver")
+    for name in ("model.py", "model-settings.json"):
+        shutil.copy(MLSERVER_MODEL / name, folder / name)
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    (folder / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": ports[0], "grpc_port": ports[1], "metrics_port": ports[2],
+        "parallel_workers": 0, "metrics_endpoint": None}))
+    log = open(folder / "mlserver.log", "wb")
+    proc = subprocess.Popen([str(binary), "start", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"MLServer exited: {(folder / 'mlserver.log').read_text()[-2000:]}")
+            try:
+                ready = f"http://127.0.0.1:{ports[0]}/v2/models/addone/ready"
+                if urllib.request.urlopen(ready, timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"MLServer not ready in 60 s: {(folder / 'mlserver.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{ports[1]}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

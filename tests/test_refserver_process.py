@@ -157,9 +157,13 @@ def test_configured_latency_is_served(faulty_server):
 
 
 def test_demo_command():
-    proc = subprocess.run([sys.executable, "-m", "ovms_bench.cli", "demo"], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "reference server up" in proc.stdout and "reference server stopped" in proc.stdout
-    assert "dummy" in proc.stdout and "resnet" in proc.stdout
-    assert "22 model versions served" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "ovms_bench.cli", "demo", "--duration", "2", "--users", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "reference server up" in out and "reference server stopped" in out
+    assert "it serves 22 model versions" in out
+    for row in ("TFS gRPC  dummy:1", "KFS gRPC  dummy:1", "KFS gRPC  resnet_dyn:1"):
+        line = next(line for line in out.splitlines() if line.startswith(row))
+        requests_sent, failures = line.split()[3], line.split()[4]
+        assert int(requests_sent) > 0 and failures.startswith("0(")

@@ -1,0 +1,230 @@
+"""The load options: Locust custom arguments with the OVMS client's long names, parsed into one typed object.
+
+Every value is read from a string, whatever its source (command line, ``locust.conf``,
+``LOCUST_*`` environment variables, or the web UI's start form, which hands strings back), and
+checked in :meth:`BenchOptions.parse`; a bad value raises :class:`OptionError` naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ovms_users.errors import OptionError
+
+__all__ = ["BenchOptions", "ShapeOption", "add_arguments", "API_NAMES", "parse_host"]
+
+#: --api spellings -> canonical name. The original's TFS/KFS/REST are accepted (REST means TFS REST).
+API_NAMES = {"tfs": "tfs", "kfs": "kfs", "tfs-grpc": "tfs", "kfs-grpc": "kfs", "tfs-rest": "tfs-rest",
+             "kfs-rest": "kfs-rest", "rest": "tfs-rest"}
+GRPC_APIS = ("tfs", "kfs")
+
+# (option, default, help) — one row per custom argument; defaults are strings, like every value we parse.
+_ARGS: tuple[tuple[str, str, str], ...] = (
+    ("api", "tfs", "API to drive: tfs (TF Serving gRPC), kfs (KServe v2 gRPC); TFS/KFS spellings accepted"),
+    ("model_name", "", "model (servable) name; required"),
+    ("model_version", "", "model version (default: the latest the server serves); used in every request"),
+    ("bs", "", "batch sizes cycled through the dataset, e.g. '1 2 4' or '1-2-4' (default: the model's batch "
+               "dimension, or the first dimension of --shape, or 1)"),
+    ("shape", "", "forced input shapes: 'D0 D1 ...' for every input, or 'NAME: D0 D1 ... NAME2: ...' per input; "
+                  "the first dimension is the batch, set by --bs"),
+    ("data", "random", "data methods, one default and/or NAME:METHOD items: random, png, pngN (N blur passes), "
+                       "png-xrandom, jpeg, string, or a path to a .npy, .png, .jpg or .txt file"),
+    ("dataset_length", "", "number of distinct requests built before the test (default: one per batch size, or "
+                           "every full batch of a .npy file)"),
+    ("min_value", "0.0", "lowest value of random data (clipped to each precision's range)"),
+    ("max_value", "255.0", "highest value of random data (clipped to each precision's range)"),
+    ("xrand", "8", "seed points per png-xrandom image"),
+    ("dump_dir", "", "also save every generated image into this folder"),
+    ("seed", "", "seed for generated data (default: fresh random data each run)"),
+    ("stateful_length", "0", "requests per stateful sequence; 0 = not stateful"),
+    ("stateful_id", "1", "first sequence id; every user gets its own block of ids"),
+    ("stateful_hop", "0", "id increment between a user's consecutive sequences; 0 reuses the user's id"),
+    ("step_timeout", "30", "seconds before one inference request times out (fractions allowed)"),
+    ("metadata_timeout", "45", "seconds to keep retrying model status and metadata before giving up"),
+    ("certs_dir", "", "TLS (mutual) with the OVMS client's files: DIR/server.pem (trusted root), client.pem, "
+                      "client.key"),
+    ("ssl_ca", "", "TLS: trusted CA file (overrides certs_dir/server.pem)"),
+    ("ssl_cert", "", "TLS: client certificate file (overrides certs_dir/client.pem)"),
+    ("ssl_key", "", "TLS: client key file (overrides certs_dir/client.key)"),
+    ("error_limit", "0", "stop the test once a load process has seen more than this many failed requests; "
+                         "0 = no limit"),
+    ("error_exposition", "10", "print the first N failed requests in full; 0 = every one"),
+)
+
+
+def add_arguments(parser: Any) -> None:
+    """Register the options on Locust's parser (``init_command_line_parser``) or a plain argparse parser."""
+    locust = hasattr(parser, "args_included_in_web_ui")   # Locust's parser: env vars, config files, web UI form
+    target = parser if locust else parser.add_argument_group("OVMS benchmark", "model server load options")
+    for name, default, help_text in _ARGS:
+        extra: dict[str, Any] = {"env_var": f"LOCUST_{name.upper()}", "include_in_web_ui": True} if locust else {}
+        target.add_argument(f"--{name}", default=default, help=help_text, **extra)
+
+
+def _int(option: str, text: str, minimum: int = 0) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise OptionError(f"--{option}", f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise OptionError(f"--{option}", f"needs a number >= {minimum}, got {value}")
+    return value
+
+
+def _float(option: str, text: str, positive: bool = False) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise OptionError(f"--{option}", f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise OptionError(f"--{option}", f"{text!r} is not a finite number")
+    if positive and value <= 0:
+        raise OptionError(f"--{option}", f"needs a number > 0, got {value}")
+    return value
+
+
+def _tokens(text: str | list | None) -> list[str]:
+    if text is None:
+        return []
+    if isinstance(text, (list, tuple)):
+        return [t for item in text for t in str(item).split()]
+    return str(text).split()
+
+
+def parse_batch_sizes(text: str | list) -> list[int]:
+    items = [p for t in _tokens(text) for p in re.split(r"[-,]", t) if p]
+    sizes = [_int("bs", p, minimum=1) for p in items]
+    return sizes
+
+
+@dataclass(frozen=True)
+class ShapeOption:
+    """``--shape``: a default shape for every input and/or per-input shapes (names end with ``:``)."""
+    default: tuple[int, ...] | None = None
+    per_input: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str | list) -> ShapeOption:
+        default: list[int] = []
+        per: dict[str, list[int]] = {}
+        current: list[int] | None = None
+        for tok in _tokens(text):
+            if tok.endswith(":") and len(tok) > 1:
+                name = tok[:-1]
+                if name in per:
+                    raise OptionError("--shape", f"input {name!r} is given twice")
+                current = per[name] = []
+                continue
+            dim = _int("shape", tok, minimum=-1)
+            if dim == 0 or (dim == -1 and (current if current is not None else default)):
+                raise OptionError("--shape", f"dimension {tok} is not allowed: dimensions are positive (only the "
+                                             "first, the batch, may be -1)")
+            (current if current is not None else default).append(dim)
+            if current is None and per:
+                raise OptionError("--shape", "plain dimensions must come before the first 'NAME:'")
+        for name, dims in per.items():
+            if not dims:
+                raise OptionError("--shape", f"input {name!r} has no dimensions after '{name}:'")
+        return cls(tuple(default) or None, {k: tuple(v) for k, v in per.items()})
+
+    def for_input(self, name: str) -> tuple[int, ...] | None:
+        return self.per_input.get(name, self.default)
+
+
+def parse_host(host: str | None, api: str) -> tuple[str, bool]:
+    """Locust's ``--host`` as (``host:port``, tls). ``grpcs://`` and ``https://`` mean TLS."""
+    if not host:
+        raise OptionError("--host", "give the server, e.g. --host 127.0.0.1:9000 (gRPC) or --host "
+                                    "http://127.0.0.1:8000 (REST)")
+    text = host.strip()
+    tls = False
+    m = re.match(r"^(grpc|grpcs|http|https)://(.*)$", text)
+    if m:
+        tls = m.group(1) in ("grpcs", "https")
+        text = m.group(2)
+    text = text.rstrip("/")
+    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^/:\s]+):\d{1,5}$", text):
+        raise OptionError("--host", f"{host!r} is not host:port (for example 127.0.0.1:9000)")
+    return text, tls
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    api: str = "tfs"
+    model_name: str = ""
+    model_version: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    shape: ShapeOption = field(default_factory=ShapeOption)
+    data: tuple[str, ...] = ("random",)
+    dataset_length: int | None = None
+    min_value: float = 0.0
+    max_value: float = 255.0
+    xrand: int = 8
+    dump_dir: Path | None = None
+    seed: int | None = None
+    stateful_length: int = 0
+    stateful_id: int = 1
+    stateful_hop: int = 0
+    step_timeout: float = 30.0
+    metadata_timeout: float = 45.0
+    certs_dir: Path | None = None
+    ssl_ca: Path | None = None
+    ssl_cert: Path | None = None
+    ssl_key: Path | None = None
+    error_limit: int = 0
+    error_exposition: int = 10
+
+    @property
+    def stateful(self) -> bool:
+        return self.stateful_length > 0
+
+    @property
+    def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
+        """(trusted root, client certificate, client key), explicit paths winning over certs_dir's files."""
+        d = self.certs_dir
+        return (self.ssl_ca or (d / "server.pem" if d else None), self.ssl_cert or (d / "client.pem" if d else None),
+                self.ssl_key or (d / "client.key" if d else None))
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any] | argparse.Namespace) -> BenchOptions:
+        v = vars(values) if isinstance(values, argparse.Namespace) else dict(values)
+        get = lambda name: v.get(name) if v.get(name) not in (None, "") else None  # noqa: E731
+        api_text = str(get("api") or "tfs").strip().lower()
+        if api_text not in API_NAMES:
+            raise OptionError("--api", f"unknown API {api_text!r}; use tfs or kfs (or TFS, KFS)")
+        api = API_NAMES[api_text]
+        model = str(get("model_name") or "").strip()
+        if not model:
+            raise OptionError("--model_name", "give the model to benchmark, e.g. --model_name resnet")
+        version = _int("model_version", get("model_version"), minimum=1) if get("model_version") else None
+        bs = tuple(parse_batch_sizes(get("bs"))) if get("bs") else None
+        data = tuple(_tokens(get("data"))) or ("random",)
+        lo = _float("min_value", get("min_value") or "0")
+        hi = _float("max_value", get("max_value") or "255")
+        if lo > hi:
+            raise OptionError("--min_value", f"{lo} is above --max_value {hi}")
+        stateful_length = _int("stateful_length", get("stateful_length") or "0")
+        if stateful_length == 1 and api.startswith("tfs"):
+            raise OptionError("--stateful_length", "must be at least 2 over the TFS API, whose control input says "
+                                                   "either start or end; use 2 or more, or --api kfs")
+        path = lambda name: Path(str(get(name))).expanduser() if get(name) else None  # noqa: E731
+        return cls(
+            api=api, model_name=model, model_version=version, batch_sizes=bs,
+            shape=ShapeOption.parse(get("shape") or ""), data=data,
+            dataset_length=_int("dataset_length", get("dataset_length"), minimum=1) if get("dataset_length") else None,
+            min_value=lo, max_value=hi, xrand=_int("xrand", get("xrand") or "8", minimum=1),
+            dump_dir=path("dump_dir"), seed=_int("seed", get("seed")) if get("seed") else None,
+            stateful_length=stateful_length, stateful_id=_int("stateful_id", get("stateful_id") or "1", minimum=1),
+            stateful_hop=_int("stateful_hop", get("stateful_hop") or "0"),
+            step_timeout=_float("step_timeout", get("step_timeout") or "30", positive=True),
+            metadata_timeout=_float("metadata_timeout", get("metadata_timeout") or "45", positive=True),
+            certs_dir=path("certs_dir"), ssl_ca=path("ssl_ca"), ssl_cert=path("ssl_cert"), ssl_key=path("ssl_key"),
+            error_limit=_int("error_limit", get("error_limit") or "0"),
+            error_exposition=_int("error_exposition", get("error_exposition") if get("error_exposition") is not None
+                                  else "10"),
+        )

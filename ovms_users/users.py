@@ -1,0 +1,203 @@
+"""Locust users that drive inference over gRPC: TFS (PredictionService) and KServe v2.
+
+Each user has its own channel (its own HTTP/2 connection), created in ``on_start`` (after any
+fork) and closed in ``on_stop``. The hot path picks the next pre-serialized request, appends the
+sequence bytes if the model is stateful, sends it, and fires Locust's ``request`` event; the reply
+is not parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+import grpc
+from locust import User, constant, task
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
+
+from ovms_users.errors import OvmsUserError
+from ovms_users.options import BenchOptions
+from ovms_users.transport import GrpcStatusError, make_channel
+from ovms_users.workload import CACHE, SequenceIds, Workload
+
+__all__ = ["ModelServerUser", "TfsGrpcUser", "KfsGrpcUser", "Sequence", "request_stop", "report_fatal"]
+
+log = logging.getLogger("ovms_users")
+STOP_MESSAGE, FATAL_MESSAGE = "ovms_stop", "ovms_fatal"
+
+
+def request_stop(environment, reason: str) -> None:
+    """Stop the whole test from any process: a worker asks the master, others stop their runner."""
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message(STOP_MESSAGE, {"reason": reason})
+        return
+    headless = bool(getattr(environment.parsed_options, "headless", False))
+    gevent.spawn(runner.quit if headless else runner.stop)
+
+
+def report_fatal(environment, message: str) -> None:
+    """A workload that cannot be built: one line, then the test stops with exit code 2."""
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message(FATAL_MESSAGE, {"message": message})
+        return
+    log.error("ovms: error: %s", message)
+    environment.process_exit_code = 2
+    request_stop(environment, message)
+
+
+class Sequence:
+    """A user's stateful sequences: position, id, and the three pre-serialized suffixes of the current id."""
+
+    def __init__(self, workload: Workload, base: int, hop: int):
+        self.workload, self.base, self.hop = workload, base, hop
+        self.length = workload.options.stateful_length
+        self.count = 0            # sequences started
+        self.position = 0         # requests sent in the current sequence
+        self.id = 0
+        self.open = False
+        self.close_stale = False  # a START met ALREADY_EXISTS: end that sequence first
+        self._suffix: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+
+    def _new_id(self) -> None:
+        self.id = SequenceIds.nth(self.base, self.hop, self.count)
+        p = self.workload.protocol
+        single = self.length == 1
+        self._suffix = (p.sequence_suffix(self.id, True, single), p.sequence_suffix(self.id, False, False),
+                        p.sequence_suffix(self.id, False, True))
+        self.count += 1
+
+    def next_suffix(self) -> bytes:
+        if self.close_stale:
+            return self._suffix[2]
+        if self.position == 0:
+            self._new_id()
+            return self._suffix[0]
+        return self._suffix[2] if self.position == self.length - 1 else self._suffix[1]
+
+    def after(self, ok: bool, code: grpc.StatusCode | None) -> None:
+        if self.close_stale:          # the cleanup END went out; start afresh with the same id
+            self.close_stale, self.position, self.count = False, 0, self.count - 1
+            return
+        if not ok:                     # a broken sequence is abandoned; the next request starts a new one
+            if self.position == 0 and code == grpc.StatusCode.ALREADY_EXISTS:
+                self.close_stale = True
+            self.position, self.open = 0, False
+            return
+        self.position += 1
+        self.open = True
+        if self.position >= self.length:
+            self.position, self.open = 0, False
+
+
+class ModelServerUser(User):
+    """Closed-loop inference over the API chosen by ``--api`` (or fixed by a subclass)."""
+
+    abstract = True
+    wait_time = constant(0)
+    api: str | None = None
+
+    def on_start(self) -> None:
+        env = self.environment
+        try:
+            opts = BenchOptions.parse(env.parsed_options) if env.parsed_options else BenchOptions.parse({})
+            worker_index = getattr(env.runner, "worker_index", 0) or 0
+            self.workload = CACHE.get(opts, self.host, worker_index, api=self.api)
+            self.channel = make_channel(self.workload.target, opts, self.workload.tls)
+        except OvmsUserError as exc:
+            report_fatal(env, str(exc))
+            raise StopUser() from None
+        w = self.workload
+        self._call = self.channel.unary_unary(w.protocol.infer_path)   # bytes in, bytes out
+        self._timeout = w.options.step_timeout
+        self._size = len(w.bodies)
+        n, base, hop = w.sequence_ids.for_new_user()
+        self._next = n % self._size    # users start at different entries, not in lockstep
+        self.sequence = Sequence(w, base, hop) if w.options.stateful else None
+        self._meta = (w.protocol.request_type, w.name, w.protocol.name, w.spec.name, w.spec.version)
+
+    @task
+    def infer(self) -> None:
+        i = self._next
+        self._next = i + 1 if i + 1 < self._size else 0
+        seq = self.sequence
+        self._send(self.workload.bodies[i] + seq.next_suffix() if seq is not None else self.workload.bodies[i],
+                   self.workload.batch[i])
+
+    def _send(self, body: bytes, frames: int) -> None:
+        seq = self.sequence
+        request_type, name, api, model, version = self._meta
+        start_time = time.time()
+        t0 = time.perf_counter()
+        try:
+            reply = self._call(body, timeout=self._timeout)
+            exc = None
+        except grpc.RpcError as rpc_error:
+            reply, exc = b"", GrpcStatusError.from_rpc_error(rpc_error)
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        self.environment.events.request.fire(
+            request_type=request_type, name=name, response_time=elapsed_ms, response_length=len(reply),
+            response=None, exception=exc, start_time=start_time, url=None,
+            context={"frames": frames, "api": api, "model": model, "version": version,
+                     "sequence_id": seq.id if seq is not None else None})
+        if seq is not None:
+            seq.after(exc is None, exc.code if exc is not None else None)
+        if exc is not None:
+            self._failed(exc, name, frames, elapsed_ms)
+
+    def _failed(self, exc: GrpcStatusError, name: str, frames: int, elapsed_ms: float) -> None:
+        w = self.workload
+        w.failures += 1
+        shown = w.options.error_exposition
+        if shown == 0 or w.failures <= shown:
+            log.error("XE failed request %d (%s bs=%d) after %.2f ms: %s", w.failures, name, frames, elapsed_ms, exc)
+        limit = w.options.error_limit
+        if limit and w.failures > limit and not w.stop_requested:
+            w.stop_requested = True
+            reason = f"--error_limit {limit} exceeded: {w.failures} failed requests in this process"
+            log.error("ovms: %s; stopping the test", reason)
+            request_stop(self.environment, reason)
+
+    def on_stop(self) -> None:
+        seq = getattr(self, "sequence", None)
+        if seq is not None and seq.open:   # leave no open sequence on the server: end it (a counted request)
+            seq.position = seq.length - 1
+            self._send(self.workload.bodies[0] + seq.next_suffix(), self.workload.batch[0])
+        channel = getattr(self, "channel", None)
+        if channel is not None:
+            channel.close()
+
+
+class TfsGrpcUser(ModelServerUser):
+    """TensorFlow Serving gRPC API (OVMS, TF Serving)."""
+    abstract = True   # concrete in a locustfile: `class MyUser(TfsGrpcUser): pass`
+    api = "tfs"
+
+
+class KfsGrpcUser(ModelServerUser):
+    """KServe v2 gRPC API (OVMS, Triton, MLServer, KServe)."""
+    abstract = True
+    api = "kfs"
+
+
+def register_messages(environment) -> None:
+    """Master side of request_stop/report_fatal."""
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        return
+
+    def on_stop_message(environment, msg, **kw) -> None:
+        log.error("ovms: worker %s: %s; stopping the test", msg.node_id, msg.data.get("reason"))
+        request_stop(environment, msg.data.get("reason", ""))
+
+    def on_fatal(environment, msg, **kw) -> None:
+        if environment.process_exit_code != 2:
+            log.error("ovms: error: %s", msg.data.get("message"))
+            environment.process_exit_code = 2
+            request_stop(environment, msg.data.get("message", ""))
+
+    runner.register_message(STOP_MESSAGE, on_stop_message)
+    runner.register_message(FATAL_MESSAGE, on_fatal)

@@ -1,0 +1,93 @@
+"""Run real Locust processes (local, --processes, master + workers) against a server, and read their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "locustfiles" / "ovms.py"
+LOCUST = [sys.executable, "-m", "locust"]
+
+
+@dataclass
+class LocustResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def stats(self) -> list[dict]:
+        """Locust's --json statistics (one entry per request type and name); with --processes the worker
+        children print their own (empty) documents first, so the master's is the last one."""
+        decoder, docs, i, text = json.JSONDecoder(), [], 0, self.stdout
+        while (i := text.find("[", i)) >= 0:
+            doc, i = decoder.raw_decode(text, i)
+            docs.append(doc)
+        if not docs:
+            raise AssertionError(f"no --json output; stderr:\n{self.stderr[-3000:]}")
+        return docs[-1]
+
+    @property
+    def requests(self) -> int:
+        return sum(e["num_requests"] for e in self.stats)
+
+    @property
+    def failures(self) -> int:
+        return sum(e["num_failures"] for e in self.stats)
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if "ovms: error:" in line]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run_locust(host: str, *args: str, users: int = 2, run_time: str = "2s", timeout: float = 90,
+               cwd: Path | None = None, locustfile: Path = LOCUSTFILE) -> LocustResult:
+    """A headless run with --json statistics on stdout."""
+    cmd = LOCUST + ["-f", str(locustfile), "--host", host, "--headless", "-u", str(users), "-r", str(max(users, 1)),
+                    "-t", run_time, "--json", "--skip-log-setup"] + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd or ROOT)
+    return LocustResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_distributed(host: str, *args: str, workers: int = 2, users: int = 4, run_time: str = "3s",
+                    timeout: float = 120) -> tuple[LocustResult, list[LocustResult]]:
+    """A master process and ``workers`` worker processes on loopback; all are stopped before returning."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master_cmd = LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1",
+                           "--master-bind-port", str(port), "--expect-workers", str(workers), "--headless",
+                           "-u", str(users), "-r", str(users), "-t", run_time, "--json", "--skip-log-setup",
+                           "--host", host] + list(args)
+    worker_cmd = LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port",
+                           str(port), "--skip-log-setup"]
+    master = subprocess.Popen(master_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                              cwd=ROOT)
+    time.sleep(0.5)
+    procs = [subprocess.Popen(worker_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                              cwd=ROOT) for _ in range(workers)]
+    try:
+        out, err = master.communicate(timeout=timeout)
+        results = []
+        for p in procs:
+            o, e = p.communicate(timeout=30)
+            results.append(LocustResult(p.returncode, o, e))
+        return LocustResult(master.returncode, out, err), results
+    finally:
+        for p in [master, *procs]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
