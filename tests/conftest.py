@@ -39,6 +39,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(proc, timeout: float = 15) -> int:
+    """SIGTERM a child process, SIGKILL it if it does not exit in time; its exit code."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def scrape_counter(text: str, metric: str, **labels: str) -> float:
     """The value of one Prometheus sample in /metrics text, 0 if absent."""
     for line in text.splitlines():
@@ -61,7 +76,6 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import json
     import os
     import shutil
-    import signal
     import subprocess
     import time
     import urllib.request
@@ -100,10 +114,5 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.2)
         yield f"127.0.0.1:{ports[1]}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import requests
 
 from refserver.launcher import RefServer
 from refserver.tls import generate_certs
-from tests.conftest import scrape_counter
+from tests.conftest import scrape_counter, terminate
 from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, run_distributed, run_locust
 
 METHOD = {"tfs": ("TensorFlowServing", "Predict"), "kfs": ("KServe", "ModelInfer")}
@@ -232,12 +231,7 @@ def test_web_ui_form_runs_the_options(refserver):
         assert rows[0]["method"] == "KFS gRPC" and rows[0]["num_failures"] == 0
         requests.get(base + "/stop", timeout=10)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 20)
 
 
 def test_kserve_user_against_mlserver(mlserver):
@@ -267,3 +261,33 @@ def test_locustfile_imports_without_side_effects():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_request_event_payload(refserver, tmp_path, monkeypatch):
+    capture = tmp_path / "events.json"
+    monkeypatch.setenv("CAPTURE_FILE", str(capture))
+    result = run_locust(refserver.grpc_address, "--api", "kfs", "--model_name", "stateful", "--stateful_length", "3",
+                        "--stateful_id", "5000", users=2, run_time="1s",
+                        locustfile=ROOT / "tests" / "locustfiles" / "capture.py")
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = json.loads(capture.read_text())
+    assert len(events) == result.requests > 6
+    ids = set()
+    for e in events:
+        assert e["request_type"] == "KFS gRPC" and e["name"] == "stateful:1" and e["exception"] is None
+        assert e["response_length"] > 0 and 0 < e["response_time"] < 1000
+        ctx = e["context"]
+        assert ctx["frames"] == 1 and ctx["api"] == "kfs" and ctx["model"] == "stateful" and ctx["version"] == 1
+        ids.add(ctx["sequence_id"])
+    # two users, each in its own block of ids starting at --stateful_id; hop 0 reuses each user's id
+    assert ids == {5000, 5000 + (1 << 24)}
+
+
+def test_failed_request_event_carries_status(troubled_server, tmp_path, monkeypatch):
+    capture = tmp_path / "events.json"
+    monkeypatch.setenv("CAPTURE_FILE", str(capture))
+    run_locust(troubled_server.grpc_address, "--model_name", "broken", "--error_exposition", "1", users=1,
+               run_time="1s", locustfile=ROOT / "tests" / "locustfiles" / "capture.py")
+    events = json.loads(capture.read_text())
+    assert events and all(e["exception"] == "INTERNAL: model crashed" for e in events)
+    assert all(e["context"]["frames"] == 1 and e["response_length"] == 0 for e in events)

@@ -229,3 +229,19 @@ def test_option_errors_name_the_option(values, message):
     with pytest.raises(OptionError) as err:
         BenchOptions.parse({"model_name": "m", **values} if "model_name" not in values and values else values)
     assert message in str(err.value)
+
+
+def test_sequence_ids_are_unique_blocks():
+    from ovms_users.workload import ID_BLOCK, SequenceIds
+
+    seen = set()
+    for worker in range(3):
+        ids = SequenceIds(first_id=7, hop=5, worker_index=worker)
+        for _ in range(4):
+            n, base, hop = ids.for_new_user()
+            block = {SequenceIds.nth(base, hop, k) for k in range(1000)}
+            assert len(block) == 1000 and min(block) >= base and max(block) < base + ID_BLOCK
+            assert not block & seen
+            seen |= block
+    # hop 0: a user keeps its one id
+    assert {SequenceIds.nth(7, 0, k) for k in range(5)} == {7}
