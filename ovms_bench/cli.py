@@ -14,6 +14,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from ovms_users.errors import OvmsUserError
+from ovms_users.listing import describe_model, format_listing, list_models
+from ovms_users.options import BenchOptions, add_arguments
 from refserver.launcher import RefServer, RefServerError
 
 __all__ = ["main"]
@@ -63,6 +66,19 @@ def demo(args: argparse.Namespace) -> int:
     return worst
 
 
+def list_command(args: argparse.Namespace) -> int:
+    """The served models with versions and states; with --model_name, that model's inputs and outputs."""
+    try:
+        opts = BenchOptions.parse(args, require_model=False)
+        models = list_models(opts, args.host)
+        spec = describe_model(opts, args.host) if opts.model_name else None
+    except OvmsUserError as exc:
+        print(f"ovms-bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_listing(models, spec, args.json))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ovms-bench", description="Benchmark ML model servers on Locust.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--duration", type=int, default=5, help="seconds per benchmark (default 5)")
     d.add_argument("--users", type=int, default=4, help="concurrent users (default 4)")
     d.set_defaults(func=demo)
+    ls = sub.add_parser("list", help="list the served models (and one model's inputs and outputs), on any API")
+    ls.add_argument("--host", required=True, help="the server: host:port for gRPC, http(s)://host:port for REST")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_arguments(ls)
+    ls.set_defaults(func=list_command, metadata_timeout="10")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

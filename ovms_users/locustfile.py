@@ -12,4 +12,4 @@ from ovms_users.users import ModelServerUser
 
 
 class OvmsUser(ModelServerUser):
-    """Inference over the API chosen with --api (tfs, kfs)."""
+    """Inference over the API chosen with --api (tfs, kfs, tfs-rest, kfs-rest)."""

@@ -25,7 +25,8 @@ GRPC_APIS = ("tfs", "kfs")
 
 # (option, default, help) — one row per custom argument; defaults are strings, like every value we parse.
 _ARGS: tuple[tuple[str, str, str], ...] = (
-    ("api", "tfs", "API to drive: tfs (TF Serving gRPC), kfs (KServe v2 gRPC); TFS/KFS spellings accepted"),
+    ("api", "tfs", "API to drive: tfs (TF Serving gRPC), kfs (KServe v2 gRPC), tfs-rest, kfs-rest; the original's "
+                   "TFS, KFS and REST (= tfs-rest) spellings are accepted"),
     ("model_name", "", "model (servable) name; required"),
     ("model_version", "", "model version (default: the latest the server serves); used in every request"),
     ("bs", "", "batch sizes cycled through the dataset, e.g. '1 2 4' or '1-2-4' (default: the model's batch "
@@ -51,6 +52,9 @@ _ARGS: tuple[tuple[str, str, str], ...] = (
     ("ssl_ca", "", "TLS: trusted CA file (overrides certs_dir/server.pem)"),
     ("ssl_cert", "", "TLS: client certificate file (overrides certs_dir/client.pem)"),
     ("ssl_key", "", "TLS: client key file (overrides certs_dir/client.key)"),
+    ("rest_format", "columnar", "TFS REST body: columnar ({\"inputs\": ...}) or row ({\"instances\": [...]})"),
+    ("kfs_data", "auto", "KServe v2 REST tensors: binary (the binary-data extension), json, or auto (binary from "
+                         "1 KiB of tensor data, or for bytes that are not text)"),
     ("error_limit", "0", "stop the test once a load process has seen more than this many failed requests; "
                          "0 = no limit"),
     ("error_exposition", "10", "print the first N failed requests in full; 0 = every one"),
@@ -85,6 +89,13 @@ def _float(option: str, text: str, positive: bool = False) -> float:
         raise OptionError(f"--{option}", f"{text!r} is not a finite number")
     if positive and value <= 0:
         raise OptionError(f"--{option}", f"needs a number > 0, got {value}")
+    return value
+
+
+def _choice(option: str, text: str, choices: tuple[str, ...]) -> str:
+    value = str(text).strip().lower()
+    if value not in choices:
+        raise OptionError(f"--{option}", f"unknown value {text!r}; use {', '.join(choices)}")
     return value
 
 
@@ -137,19 +148,26 @@ class ShapeOption:
 
 
 def parse_host(host: str | None, api: str) -> tuple[str, bool]:
-    """Locust's ``--host`` as (``host:port``, tls). ``grpcs://`` and ``https://`` mean TLS."""
+    """Locust's ``--host`` as the transport wants it, and whether its scheme asks for TLS.
+
+    gRPC: ``host:port`` (``grpcs://`` means TLS). REST: ``http(s)://host:port`` (a bare ``host:port`` is http).
+    """
+    rest = api.endswith("-rest")
+    example = "http://127.0.0.1:8000" if rest else "127.0.0.1:9000"
     if not host:
-        raise OptionError("--host", "give the server, e.g. --host 127.0.0.1:9000 (gRPC) or --host "
-                                    "http://127.0.0.1:8000 (REST)")
+        raise OptionError("--host", f"give the server, e.g. --host {example}")
     text = host.strip()
     tls = False
     m = re.match(r"^(grpc|grpcs|http|https)://(.*)$", text)
     if m:
         tls = m.group(1) in ("grpcs", "https")
         text = m.group(2)
+        if m.group(1).startswith("http") != rest:
+            raise OptionError("--host", f"{host!r} is a {'REST' if not rest else 'gRPC'} address but --api {api} "
+                                        f"wants {'REST' if rest else 'gRPC'}, e.g. {example}")
     text = text.rstrip("/")
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^/:\s]+):\d{1,5}$", text):
-        raise OptionError("--host", f"{host!r} is not host:port (for example 127.0.0.1:9000)")
+        raise OptionError("--host", f"{host!r} is not host:port (for example {example})")
     return text, tls
 
 
@@ -176,6 +194,8 @@ class BenchOptions:
     ssl_ca: Path | None = None
     ssl_cert: Path | None = None
     ssl_key: Path | None = None
+    rest_format: str = "columnar"
+    kfs_data: str = "auto"
     error_limit: int = 0
     error_exposition: int = 10
 
@@ -191,15 +211,16 @@ class BenchOptions:
                 self.ssl_key or (d / "client.key" if d else None))
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any] | argparse.Namespace) -> BenchOptions:
+    def parse(cls, values: Mapping[str, Any] | argparse.Namespace, require_model: bool = True) -> BenchOptions:
         v = vars(values) if isinstance(values, argparse.Namespace) else dict(values)
         get = lambda name: v.get(name) if v.get(name) not in (None, "") else None  # noqa: E731
         api_text = str(get("api") or "tfs").strip().lower()
         if api_text not in API_NAMES:
-            raise OptionError("--api", f"unknown API {api_text!r}; use tfs or kfs (or TFS, KFS)")
+            raise OptionError("--api", f"unknown API {api_text!r}; use tfs, kfs, tfs-rest or kfs-rest (or TFS, KFS, "
+                                       "REST)")
         api = API_NAMES[api_text]
         model = str(get("model_name") or "").strip()
-        if not model:
+        if not model and require_model:
             raise OptionError("--model_name", "give the model to benchmark, e.g. --model_name resnet")
         version = _int("model_version", get("model_version"), minimum=1) if get("model_version") else None
         bs = tuple(parse_batch_sizes(get("bs"))) if get("bs") else None
@@ -224,6 +245,8 @@ class BenchOptions:
             step_timeout=_float("step_timeout", get("step_timeout") or "30", positive=True),
             metadata_timeout=_float("metadata_timeout", get("metadata_timeout") or "45", positive=True),
             certs_dir=path("certs_dir"), ssl_ca=path("ssl_ca"), ssl_cert=path("ssl_cert"), ssl_key=path("ssl_key"),
+            rest_format=_choice("rest_format", get("rest_format") or "columnar", ("columnar", "row")),
+            kfs_data=_choice("kfs_data", get("kfs_data") or "auto", ("auto", "binary", "json")),
             error_limit=_int("error_limit", get("error_limit") or "0"),
             error_exposition=_int("error_exposition", get("error_exposition") if get("error_exposition") is not None
                                   else "10"),

@@ -1,9 +1,10 @@
-"""Locust users that drive inference over gRPC: TFS (PredictionService) and KServe v2.
+"""Locust users that drive inference: TFS and KServe v2, over gRPC and REST.
 
-Each user has its own channel (its own HTTP/2 connection), created in ``on_start`` (after any
-fork) and closed in ``on_stop``. The hot path picks the next pre-serialized request, appends the
-sequence bytes if the model is stateful, sends it, and fires Locust's ``request`` event; the reply
-is not parsed.
+Each user has its own connection (a gRPC channel, or a keep-alive HTTP connection from
+geventhttpclient, the client behind Locust's FastHttpUser), made in ``on_start`` (after any fork)
+and closed in ``on_stop``. The hot path picks the next request encoded before the test, splices in
+the sequence fragment if the model is stateful, sends it, and fires Locust's ``request`` event;
+the reply is not parsed.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import time
 
 import gevent
 import grpc
-from locust import User, constant, task
+from geventhttpclient import HTTPClient
+from locust import FastHttpUser, User, constant
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from ovms_users.errors import OvmsUserError
+from ovms_users.http import HttpStatusError, error_message
 from ovms_users.options import BenchOptions
 from ovms_users.transport import GrpcStatusError, make_channel
 from ovms_users.workload import CACHE, SequenceIds, Workload
 
-__all__ = ["ModelServerUser", "TfsGrpcUser", "KfsGrpcUser", "Sequence", "request_stop", "report_fatal"]
+__all__ = ["ModelServerUser", "TfsGrpcUser", "KfsGrpcUser", "TfsRestUser", "KfsRestUser", "Sequence",
+           "request_stop", "report_fatal"]
 
 log = logging.getLogger("ovms_users")
 STOP_MESSAGE, FATAL_MESSAGE = "ovms_stop", "ovms_fatal"
@@ -60,30 +64,33 @@ class Sequence:
         self.id = 0
         self.open = False
         self.close_stale = False  # a START met ALREADY_EXISTS: end that sequence first
-        self._suffix: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self._fragments: tuple[bytes, bytes, bytes] = (b"", b"", b"")
 
     def _new_id(self) -> None:
         self.id = SequenceIds.nth(self.base, self.hop, self.count)
         p = self.workload.protocol
         single = self.length == 1
-        self._suffix = (p.sequence_suffix(self.id, True, single), p.sequence_suffix(self.id, False, False),
-                        p.sequence_suffix(self.id, False, True))
+        self._fragments = (p.sequence_fragment(self.id, True, single), p.sequence_fragment(self.id, False, False),
+                           p.sequence_fragment(self.id, False, True))
         self.count += 1
 
-    def next_suffix(self) -> bytes:
+    def next_fragment(self) -> bytes:
         if self.close_stale:
-            return self._suffix[2]
+            return self._fragments[2]
         if self.position == 0:
             self._new_id()
-            return self._suffix[0]
-        return self._suffix[2] if self.position == self.length - 1 else self._suffix[1]
+            return self._fragments[0]
+        return self._fragments[2] if self.position == self.length - 1 else self._fragments[1]
 
-    def after(self, ok: bool, code: grpc.StatusCode | None) -> None:
+    def after(self, exc: Exception | None) -> None:
+        ok = exc is None
+        # a sequence id still open on the server: gRPC ALREADY_EXISTS, REST 409
+        exists = getattr(exc, "code", None) == grpc.StatusCode.ALREADY_EXISTS or getattr(exc, "status", 0) == 409
         if self.close_stale:          # the cleanup END went out; start afresh with the same id
             self.close_stale, self.position, self.count = False, 0, self.count - 1
             return
         if not ok:                     # a broken sequence is abandoned; the next request starts a new one
-            if self.position == 0 and code == grpc.StatusCode.ALREADY_EXISTS:
+            if self.position == 0 and exists:
                 self.close_stale = True
             self.position, self.open = 0, False
             return
@@ -93,12 +100,61 @@ class Sequence:
             self.position, self.open = 0, False
 
 
-class ModelServerUser(User):
-    """Closed-loop inference over the API chosen by ``--api`` (or fixed by a subclass)."""
+class GrpcSender:
+    """One gRPC channel (its own HTTP/2 connection); bytes in, bytes out."""
 
-    abstract = True
-    wait_time = constant(0)
+    def __init__(self, workload: Workload, user: User):
+        self.channel = make_channel(workload.target, workload.options, workload.tls)
+        self._call = self.channel.unary_unary(workload.path)
+
+    def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
+        try:
+            return len(self._call(body, timeout=timeout)), None
+        except grpc.RpcError as rpc_error:
+            return 0, GrpcStatusError.from_rpc_error(rpc_error)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class HttpSender:
+    """One keep-alive HTTP/1.1 connection (geventhttpclient); a status other than 200 is a failure."""
+
+    def __init__(self, workload: Workload, user: User):
+        opts = workload.options
+        host, _, port = workload.target.rpartition(":")
+        ssl_options = {}
+        if workload.tls:
+            root, cert, key = opts.tls_files
+            ssl_options = {k: str(v) for k, v in (("ca_certs", root), ("certfile", cert), ("keyfile", key)) if v}
+        self.client = HTTPClient(host.strip("[]"), int(port), ssl=workload.tls, ssl_options=ssl_options or None,
+                                 connection_timeout=getattr(user, "connection_timeout", opts.step_timeout),
+                                 network_timeout=opts.step_timeout, concurrency=1)
+        self.path = workload.path
+
+    def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
+        try:
+            resp = self.client.request("POST", self.path, body=body, headers=headers)
+            data = resp.read()
+        except Exception as exc:   # connection refused or reset, timeouts, TLS errors: each a failed request
+            return 0, HttpStatusError(0, f"{type(exc).__name__}: {exc}")
+        if resp.status_code != 200:
+            return len(data), HttpStatusError(resp.status_code, error_message(data))
+        return len(data), None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+SENDERS = {"grpc": GrpcSender, "http": HttpSender}
+
+
+class InferenceMixin:
+    """The closed inference loop, for any API; the API comes from ``--api`` or the class's ``api``."""
+
     api: str | None = None
+    environment: object
+    host: str | None
 
     def on_start(self) -> None:
         env = self.environment
@@ -106,49 +162,48 @@ class ModelServerUser(User):
             opts = BenchOptions.parse(env.parsed_options) if env.parsed_options else BenchOptions.parse({})
             worker_index = getattr(env.runner, "worker_index", 0) or 0
             self.workload = CACHE.get(opts, self.host, worker_index, api=self.api)
-            self.channel = make_channel(self.workload.target, opts, self.workload.tls)
+            self.sender = SENDERS[self.workload.protocol.transport](self.workload, self)
         except OvmsUserError as exc:
             report_fatal(env, str(exc))
             raise StopUser() from None
         w = self.workload
-        self._call = self.channel.unary_unary(w.protocol.infer_path)   # bytes in, bytes out
         self._timeout = w.options.step_timeout
-        self._size = len(w.bodies)
+        self._size = len(w.requests)
         n, base, hop = w.sequence_ids.for_new_user()
         self._next = n % self._size    # users start at different entries, not in lockstep
         self.sequence = Sequence(w, base, hop) if w.options.stateful else None
         self._meta = (w.protocol.request_type, w.name, w.protocol.name, w.spec.name, w.spec.version)
 
-    @task
     def infer(self) -> None:
         i = self._next
         self._next = i + 1 if i + 1 < self._size else 0
-        seq = self.sequence
-        self._send(self.workload.bodies[i] + seq.next_suffix() if seq is not None else self.workload.bodies[i],
-                   self.workload.batch[i])
+        w = self.workload
+        if self.sequence is None:
+            body, headers = w.requests[i]
+        else:
+            body, headers = w.protocol.request(w.encoded[i], self.sequence.next_fragment())
+        self._send(body, headers, w.batch[i])
 
-    def _send(self, body: bytes, frames: int) -> None:
+    tasks = [infer]   # a plain mixin: Locust collects `tasks` from the bases, not @task methods
+
+    def _send(self, body: bytes, headers: dict[str, str], frames: int) -> None:
         seq = self.sequence
         request_type, name, api, model, version = self._meta
         start_time = time.time()
         t0 = time.perf_counter()
-        try:
-            reply = self._call(body, timeout=self._timeout)
-            exc = None
-        except grpc.RpcError as rpc_error:
-            reply, exc = b"", GrpcStatusError.from_rpc_error(rpc_error)
+        length, exc = self.sender.send(body, headers, self._timeout)
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
         self.environment.events.request.fire(
-            request_type=request_type, name=name, response_time=elapsed_ms, response_length=len(reply),
+            request_type=request_type, name=name, response_time=elapsed_ms, response_length=length,
             response=None, exception=exc, start_time=start_time, url=None,
             context={"frames": frames, "api": api, "model": model, "version": version,
                      "sequence_id": seq.id if seq is not None else None})
         if seq is not None:
-            seq.after(exc is None, exc.code if exc is not None else None)
+            seq.after(exc)
         if exc is not None:
             self._failed(exc, name, frames, elapsed_ms)
 
-    def _failed(self, exc: GrpcStatusError, name: str, frames: int, elapsed_ms: float) -> None:
+    def _failed(self, exc: Exception, name: str, frames: int, elapsed_ms: float) -> None:
         w = self.workload
         w.failures += 1
         shown = w.options.error_exposition
@@ -165,10 +220,17 @@ class ModelServerUser(User):
         seq = getattr(self, "sequence", None)
         if seq is not None and seq.open:   # leave no open sequence on the server: end it (a counted request)
             seq.position = seq.length - 1
-            self._send(self.workload.bodies[0] + seq.next_suffix(), self.workload.batch[0])
-        channel = getattr(self, "channel", None)
-        if channel is not None:
-            channel.close()
+            w = self.workload
+            self._send(*w.protocol.request(w.encoded[0], seq.next_fragment()), w.batch[0])
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            sender.close()
+
+
+class ModelServerUser(InferenceMixin, User):
+    """Closed-loop inference over the API chosen by ``--api`` (or fixed by a subclass)."""
+    abstract = True
+    wait_time = constant(0)
 
 
 class TfsGrpcUser(ModelServerUser):
@@ -181,6 +243,24 @@ class KfsGrpcUser(ModelServerUser):
     """KServe v2 gRPC API (OVMS, Triton, MLServer, KServe)."""
     abstract = True
     api = "kfs"
+
+
+class _RestUser(InferenceMixin, FastHttpUser):
+    """A FastHttpUser: its connection settings apply, and ``self.client`` stays free for your own tasks."""
+    abstract = True
+    wait_time = constant(0)
+
+
+class TfsRestUser(_RestUser):
+    """TensorFlow Serving REST API (OVMS, TF Serving, KServe v1)."""
+    abstract = True
+    api = "tfs-rest"
+
+
+class KfsRestUser(_RestUser):
+    """KServe v2 REST API (OVMS, Triton, MLServer, KServe)."""
+    abstract = True
+    api = "kfs-rest"
 
 
 def register_messages(environment) -> None:

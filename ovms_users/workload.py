@@ -16,12 +16,13 @@ import grpc
 from gevent.lock import Semaphore
 
 from ovms_users.dataset import Entry, build_dataset, plan_inputs
-from ovms_users.errors import OvmsUserError, ServerError
+from ovms_users.errors import OptionError, OvmsUserError, ServerError
+from ovms_users.http import HttpStatusError, HttpTarget, ssl_context
 from ovms_users.options import BenchOptions, parse_host
-from ovms_users.protocols import PROTOCOLS
-from ovms_users.protocols.base import WireProtocol
-from ovms_users.transport import make_channel
-from ovms_wire.spec import ModelSpec
+from ovms_users.protocols import Encoded, WireProtocol, make_protocol
+from ovms_users.transport import make_channel, wants_tls
+from ovms_wire.dtypes import by_name
+from ovms_wire.spec import ModelSpec, TensorSpec
 
 __all__ = ["Workload", "fetch_spec", "SequenceIds", "ID_BLOCK"]
 
@@ -52,6 +53,8 @@ def _explain(exc: grpc.RpcError, target: str, opts: BenchOptions) -> ServerError
 
 def fetch_spec(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptions) -> ModelSpec:
     """The model's metadata, retried while the server is unreachable, for at most --metadata_timeout."""
+    if protocol.transport == "http":
+        return _fetch_http(protocol, target, tls, opts)
     deadline = time.monotonic() + opts.metadata_timeout
     channel = make_channel(target, opts, tls)
     announced = False
@@ -71,17 +74,72 @@ def fetch_spec(protocol: WireProtocol, target: str, tls: bool, opts: BenchOption
                 if any(w in details.lower() for w in ("ssl", "handshake", "certificate", "tls")):
                     raise ServerError(f"TLS with {target} failed ({details}); check --certs_dir, --ssl_ca, "
                                       "--ssl_cert, --ssl_key and the host name") from None
-                if time.monotonic() + 0.5 > deadline:
-                    raise ServerError(f"no answer from {target} for {_what(opts)} within --metadata_timeout "
-                                      f"{opts.metadata_timeout:g} s ({exc.code().name}: {details}); check --host and "
-                                      "that the server runs") from None
-                if not announced:
-                    log.warning("waiting for %s (%s); retrying for up to %g s", target, exc.code().name,
-                                opts.metadata_timeout)
-                    announced = True
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                _wait_or_give_up(deadline, target, opts, f"{exc.code().name}: {details}", announced)
+                announced = True
     finally:
         channel.close()
+
+
+def _wait_or_give_up(deadline: float, target: str, opts: BenchOptions, why: str, announced: bool) -> None:
+    if time.monotonic() + 0.5 > deadline:
+        raise ServerError(f"no answer from {target} for {_what(opts)} within --metadata_timeout "
+                          f"{opts.metadata_timeout:g} s ({why}); check --host and that the server runs")
+    if not announced:
+        log.warning("waiting for %s (%s); retrying for up to %g s", target, why, opts.metadata_timeout)
+    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def base_url(target: str, tls: bool) -> str:
+    return f"{'https' if tls else 'http'}://{target}"
+
+
+def _fetch_http(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptions) -> ModelSpec:
+    import ssl
+    import urllib.error
+
+    client = HttpTarget(base_url(target, tls), ssl_context(opts) if tls else None)
+    deadline = time.monotonic() + opts.metadata_timeout
+    announced = False
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return protocol.fetch_spec(client, opts.model_name, opts.model_version,
+                                       timeout=max(0.05, min(remaining, 10.0)))
+        except HttpStatusError as exc:
+            if exc.status == 404:
+                option = "--model_version" if opts.model_version and "version" in exc.message.lower() else \
+                    "--model_name"
+                raise ServerError(f"{client.base_url} does not serve {_what(opts)} (HTTP 404: {exc.message}); "
+                                  f"check {option} and --api") from None
+            if exc.status < 500:
+                raise ServerError(f"{client.base_url} refused the metadata request for {_what(opts)} "
+                                  f"(HTTP {exc.status}: {exc.message}); check --api and --host") from None
+            why = f"HTTP {exc.status}: {exc.message}"
+        except ssl.SSLError as exc:
+            raise ServerError(f"TLS with {target} failed ({exc.reason or exc}); check --certs_dir, --ssl_ca, "
+                              "--ssl_cert, --ssl_key and the host name") from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, ssl.SSLError):
+                raise ServerError(f"TLS with {target} failed ({reason.reason or reason}); check --certs_dir, "
+                                  "--ssl_ca, --ssl_cert, --ssl_key and the host name") from None
+            why = str(reason)
+        except (OSError, ValueError) as exc:   # connection reset, timeouts, bad status lines
+            why = f"{type(exc).__name__}: {exc}"
+        _wait_or_give_up(deadline, target, opts, why, announced)
+        announced = True
+
+
+def spec_from_shapes(spec: ModelSpec, opts: BenchOptions) -> ModelSpec:
+    """For a server that gives no metadata (KServe's v1 API): inputs named by --shape, as FP32."""
+    shapes = dict(opts.shape.per_input)
+    if not shapes and opts.shape.default:
+        shapes = {"input": opts.shape.default}
+    if not shapes:
+        raise OptionError("--shape", f"the server gives no metadata for model {spec.name}; describe its inputs with "
+                                     "--shape 'NAME: D0 D1 ...' (values are sent as FP32 numbers)")
+    fp32 = by_name("FP32")
+    return ModelSpec(spec.name, spec.version, tuple(TensorSpec(n, fp32, s) for n, s in shapes.items()), ())
 
 
 class SequenceIds:
@@ -109,14 +167,17 @@ class SequenceIds:
 
 @dataclass
 class Workload:
+    """Everything a load process needs to send: the protocol, the target, and every request encoded once."""
     options: BenchOptions
     protocol: WireProtocol
     target: str
     tls: bool
     spec: ModelSpec
     entries: list[Entry]
-    bodies: list[bytes]
+    encoded: list[Encoded]
+    requests: list[tuple[bytes, dict[str, str]]]   # outside sequences: (body, headers), ready to send
     batch: list[int]
+    path: str
     name: str
     sequence_ids: SequenceIds
     failures: int = 0
@@ -124,23 +185,32 @@ class Workload:
     built_in_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def bodies(self) -> list[bytes]:
+        return [body for body, _ in self.requests]
+
     @classmethod
     def build(cls, opts: BenchOptions, host: str | None, worker_index: int = 0, limit: int | None = None,
               api: str | None = None) -> Workload:
         started = time.monotonic()
         api = api or opts.api
-        protocol = PROTOCOLS[api]()
-        target, tls = parse_host(host, api)
+        protocol = make_protocol(api, opts)
+        target, scheme_tls = parse_host(host, api)
+        tls = wants_tls(opts, scheme_tls)
         spec = fetch_spec(protocol, target, tls, opts)
+        if not spec.inputs:
+            spec = spec_from_shapes(spec, opts)
         plans = plan_inputs(spec, opts)
         entries = build_dataset(spec, opts, plans, limit=limit)
-        bodies = [protocol.encode(spec, e.inputs) for e in entries]
+        encoded = [protocol.encode(spec, e.inputs, stateful=opts.stateful) for e in entries]
+        base = protocol.base_fragment()
+        requests = [protocol.request(e, base) for e in encoded]
         took = time.monotonic() - started
         log.info("%s: %s, %d requests of batch sizes %s ready in %.2f s", protocol.request_type,
-                 ", ".join(s.describe() for s in spec.inputs), len(bodies), sorted({e.batch_size for e in entries}),
-                 took)
-        return cls(opts, protocol, target, tls, spec, entries, bodies, [e.batch_size for e in entries],
-                   f"{spec.name}:{spec.version}" if spec.version else spec.name,
+                 ", ".join(s.describe() for s in spec.inputs), len(requests),
+                 sorted({e.batch_size for e in entries}), took)
+        return cls(opts, protocol, target, tls, spec, entries, encoded, requests, [e.batch_size for e in entries],
+                   protocol.path(spec), f"{spec.name}:{spec.version}" if spec.version else spec.name,
                    SequenceIds(opts.stateful_id, opts.stateful_hop, worker_index), built_in_s=took)
 
 

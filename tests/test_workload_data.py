@@ -1,8 +1,9 @@
-"""Every data kind on both gRPC APIs, against the real reference server, with the replies checked.
+"""Every data kind on every API and body format, against the real reference server, replies checked.
 
 Workloads are built exactly as the users build them (metadata over the API, dataset, requests
-serialized once); each request is then sent as bytes and the reply decoded and compared with what
-the model computes. The Locust mechanics are tested in test_users_grpc.py.
+encoded once); each request is then sent as the users send it (gRPC bytes, or an HTTP POST with its
+headers) and the reply decoded and compared with what the model computes. The Locust mechanics are
+tested in test_users_grpc.py and test_users_rest.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import grpc
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from ovms_users import data
@@ -21,18 +23,32 @@ from ovms_users.options import BenchOptions
 from ovms_users.workload import Workload
 from ovms_wire.dtypes import NUMERIC_PRECISIONS
 
-APIS = ["tfs", "kfs"]
+#: every API, and each body format of the REST APIs
+APIS = ["tfs", "kfs", "tfs-rest:columnar", "tfs-rest:row", "kfs-rest:binary", "kfs-rest:json"]
+GRPC_APIS = ["tfs", "kfs"]
 
 
 def build(refserver, api: str, **options) -> Workload:
-    opts = BenchOptions.parse({"api": api, "metadata_timeout": "5", **{k: str(v) for k, v in options.items()}})
-    return Workload.build(opts, refserver.grpc_address)
+    name, _, fmt = api.partition(":")
+    extra = {"rest_format": fmt} if name == "tfs-rest" else {"kfs_data": fmt} if name == "kfs-rest" else {}
+    opts = BenchOptions.parse({"api": name, "metadata_timeout": "5", **extra,
+                               **{k: str(v) for k, v in options.items()}})
+    host = refserver.rest_url if name.endswith("-rest") else refserver.grpc_address
+    return Workload.build(opts, host)
 
 
-def send_all(workload: Workload, suffix: bytes = b"") -> list[dict[str, np.ndarray]]:
-    with grpc.insecure_channel(workload.target) as channel:
-        call = channel.unary_unary(workload.protocol.infer_path)
-        return [workload.protocol.decode(call(body + suffix, timeout=10)) for body in workload.bodies]
+def send(workload: Workload, body: bytes, headers: dict) -> dict[str, np.ndarray]:
+    """One request as the users send it; the reply decoded."""
+    if workload.protocol.transport == "grpc":
+        with grpc.insecure_channel(workload.target) as channel:
+            return workload.protocol.decode(channel.unary_unary(workload.path)(body, timeout=10))
+    resp = requests.post(f"http://{workload.target}{workload.path}", data=body, headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return workload.protocol.decode(resp.content, resp.headers, spec=workload.spec)
+
+
+def send_all(workload: Workload) -> list[dict[str, np.ndarray]]:
+    return [send(workload, body, headers) for body, headers in workload.requests]
 
 
 def decoded_means(blobs: np.ndarray) -> np.ndarray:
@@ -56,10 +72,13 @@ def test_random_data_in_every_precision(refserver, api, precision):
         else:   # integers: the full range is used, and the model's +1 wraps like C
             assert x.min() < 0 or precision.startswith("U")
             expected = x + np.array(1, dtype=x.dtype)
-        np.testing.assert_array_equal(reply["y"], expected)
+        got = reply["y"]
+        if got.dtype != expected.dtype:   # JSON numbers: exact values, typed by the reader
+            got = got.astype(expected.dtype)
+        np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("api", GRPC_APIS)
 def test_range_is_clipped_not_wrapped(refserver, api):
     w = build(refserver, api, model_name="add_int8", min_value=100, max_value=1000, dataset_length=3, seed=1)
     for entry in w.entries:
@@ -113,6 +132,10 @@ def test_image_data(refserver, api, method, tmp_path):
         path = tmp_path / f"picture.{method[-3:]}"
         path.write_bytes(data.encode_image(data.urandom_image(np.random.default_rng(0), 32, 48), fmt))
         method = str(path)
+    if api == "kfs-rest:json":   # KServe v2 JSON carries BYTES as text only: images need the binary extension
+        with pytest.raises(OptionError, match="--kfs_data: input image holds bytes that are not text"):
+            build(refserver, api, model_name="image", data=method)
+        return
     w = build(refserver, api, model_name="image", data=method, bs="2", dataset_length=2, seed=3,
               dump_dir=tmp_path / "dump")
     for entry, reply in zip(w.entries, send_all(w), strict=True):
@@ -154,7 +177,7 @@ def test_string_data(refserver, api, source, tmp_path):
         assert reply["upper"].tolist() == [t.upper() for t in texts]
 
 
-@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("api", GRPC_APIS + ["tfs-rest:row", "kfs-rest:json"])
 def test_seed_makes_data_reproducible(refserver, api):
     a = build(refserver, api, model_name="dummy", seed=11, dataset_length=3)
     b = build(refserver, api, model_name="dummy", seed=11, dataset_length=3)
@@ -163,18 +186,21 @@ def test_seed_makes_data_reproducible(refserver, api):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_sequence_suffix_makes_a_stateful_request(refserver, api):
+def test_sequence_fragment_makes_a_stateful_request(refserver, api):
     w = build(refserver, api, model_name="stateful", stateful_length=3)
     p, x = w.protocol, w.entries[0].inputs["x"][1]
     seq_id = 987_654_321 + APIS.index(api)
-    with grpc.insecure_channel(w.target) as channel:
-        call = channel.unary_unary(p.infer_path)
-        totals = [p.decode(call(w.bodies[0] + p.sequence_suffix(seq_id, i == 0, i == 2), timeout=5))["total"]
-                  for i in range(3)]
-        np.testing.assert_allclose(totals[2], 3 * x, rtol=1e-6)
-        with pytest.raises(grpc.RpcError) as err:   # the sequence has ended: the server refuses it
-            call(w.bodies[0] + p.sequence_suffix(seq_id, False, False), timeout=5)
+    totals = [send(w, *p.request(w.encoded[0], p.sequence_fragment(seq_id, i == 0, i == 2)))["total"]
+              for i in range(3)]
+    np.testing.assert_allclose(np.asarray(totals[2], dtype=np.float64), 3 * x, rtol=1e-6)
+    body, headers = p.request(w.encoded[0], p.sequence_fragment(seq_id, False, False))
+    if p.transport == "grpc":   # the sequence has ended: the server refuses it
+        with grpc.insecure_channel(w.target) as channel, pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(w.path)(body, timeout=5)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    else:
+        resp = requests.post(f"http://{w.target}{w.path}", data=body, headers=headers, timeout=5)
+        assert resp.status_code == 404
 
 
 @pytest.mark.parametrize("options, message", [

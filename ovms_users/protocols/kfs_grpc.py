@@ -7,7 +7,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kfs
 
 from ovms_users.errors import ServerError
-from ovms_users.protocols.base import Inputs
+from ovms_users.protocols.base import Encoded, GrpcProtocol, Inputs
 from ovms_wire.dtypes import DTypeError, by_name
 from ovms_wire.spec import ModelSpec, TensorSpec
 from ovms_wire.tensors import TensorError, from_kfs_contents, from_raw, to_raw
@@ -22,10 +22,10 @@ def _version(text: str, model: str) -> int:
         raise ServerError(f"model {model}: version {text!r} is not a number") from None
 
 
-class KfsGrpc:
+class KfsGrpc(GrpcProtocol):
     name = "kfs"
     request_type = "KFS gRPC"
-    infer_path = "/inference.GRPCInferenceService/ModelInfer"
+    method = "/inference.GRPCInferenceService/ModelInfer"
     metadata_path = "/inference.GRPCInferenceService/ModelMetadata"
     ready_path = "/inference.GRPCInferenceService/ModelReady"
 
@@ -57,14 +57,14 @@ class KfsGrpc:
 
         return ModelSpec(model, chosen, specs(meta.inputs), specs(meta.outputs))
 
-    def encode(self, spec: ModelSpec, inputs: Inputs) -> bytes:
+    def encode(self, spec: ModelSpec, inputs: Inputs, stateful: bool = False) -> Encoded:
         req = kfs.ModelInferRequest(model_name=spec.name, model_version=str(spec.version or ""))
         for name, (dtype, arr) in inputs.items():
             req.inputs.add(name=name, datatype=dtype.name, shape=list(arr.shape))
             req.raw_input_contents.append(to_raw(arr, dtype.name))
-        return req.SerializeToString()
+        return Encoded(req.SerializeToString())
 
-    def sequence_suffix(self, sequence_id: int, start: bool, end: bool) -> bytes:
+    def sequence_fragment(self, sequence_id: int, start: bool, end: bool) -> bytes:
         # Triton's and OVMS's sequence parameters; appended bytes merge into the request's parameters map
         req = kfs.ModelInferRequest()
         if sequence_id < 2 ** 63:
@@ -75,7 +75,7 @@ class KfsGrpc:
         req.parameters["sequence_end"].bool_param = end
         return req.SerializeToString()
 
-    def decode(self, reply: bytes) -> dict[str, np.ndarray]:
+    def decode(self, reply: bytes, headers: object = None) -> dict[str, np.ndarray]:
         resp = kfs.ModelInferResponse.FromString(reply)
         out = {}
         try:

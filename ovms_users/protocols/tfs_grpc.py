@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 from ovms_users.errors import ServerError
-from ovms_users.protocols.base import Inputs
+from ovms_users.protocols.base import Encoded, GrpcProtocol, Inputs
 from ovms_wire.dtypes import DTypeError, by_name, by_tf
 from ovms_wire.protos.tfs import serving_apis_pb2 as tfs
 from ovms_wire.spec import ModelSpec, TensorSpec
@@ -47,10 +47,10 @@ def spec_from_signature(name: str, version: int, response: tfs.GetModelMetadataR
     return ModelSpec(name, version, specs(sig.inputs), specs(sig.outputs))
 
 
-class TfsGrpc:
+class TfsGrpc(GrpcProtocol):
     name = "tfs"
     request_type = "TFS gRPC"
-    infer_path = "/tensorflow.serving.PredictionService/Predict"
+    method = "/tensorflow.serving.PredictionService/Predict"
     metadata_path = "/tensorflow.serving.PredictionService/GetModelMetadata"
     status_path = "/tensorflow.serving.ModelService/GetModelStatus"
 
@@ -74,15 +74,15 @@ class TfsGrpc:
         served = meta.model_spec.version.value if meta.model_spec.HasField("version") else (version or ready[-1])
         return spec_from_signature(model, int(served), meta)
 
-    def encode(self, spec: ModelSpec, inputs: Inputs) -> bytes:
+    def encode(self, spec: ModelSpec, inputs: Inputs, stateful: bool = False) -> Encoded:
         req = tfs.PredictRequest()
         _model_spec(req.model_spec, spec.name, spec.version)   # the original client forgot the version here
         req.model_spec.signature_name = SIGNATURE
         for name, (dtype, arr) in inputs.items():
             req.inputs[name].CopyFrom(to_tensor_proto(arr, dtype.name))
-        return req.SerializeToString()
+        return Encoded(req.SerializeToString())
 
-    def sequence_suffix(self, sequence_id: int, start: bool, end: bool) -> bytes:
+    def sequence_fragment(self, sequence_id: int, start: bool, end: bool) -> bytes:
         # OVMS reads these only from uint64_val / uint32_val with shape [1]
         req = tfs.PredictRequest()
         sid = req.inputs["sequence_id"]
@@ -95,7 +95,7 @@ class TfsGrpc:
         ctl.uint32_val.append(1 if start else 2 if end else 0)
         return req.SerializeToString()
 
-    def decode(self, reply: bytes) -> dict[str, np.ndarray]:
+    def decode(self, reply: bytes, headers: object = None) -> dict[str, np.ndarray]:
         resp = tfs.PredictResponse.FromString(reply)
         try:
             return {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
