@@ -20,10 +20,18 @@ $(MLSERVER_STAMP): requirements-mlserver.txt
 	$(MLSERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-mlserver.txt
 	touch $(MLSERVER_STAMP)
 
+KSERVE_VENV ?= .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
+
+$(KSERVE_STAMP): requirements-kserve.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-kserve.txt
+	touch $(KSERVE_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/ovms-bench demo
 
-test: $(STAMP) $(MLSERVER_STAMP)
+test: $(STAMP) $(MLSERVER_STAMP) $(KSERVE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
@@ -41,4 +49,4 @@ protos:
 		tensor_pb2_grpc.py tensor_shape_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(MLSERVER_VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -67,52 +67,83 @@ def scrape_counter(text: str, metric: str, **labels: str) -> float:
 
 
 MLSERVER_MODEL = Path(__file__).resolve().parent / "mlserver_model"
+KSERVE_SERVE = Path(__file__).resolve().parent / "kserve_model" / "serve.py"
 
 
-@pytest.fixture(scope="session")
-def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """MLServer (a third-party KServe v2 server, from its own venv) serving `addone` (y = x + 1, FP32 [-1, 4]);
-    yields its gRPC address."""
-    import json
-    import os
-    import shutil
-    import subprocess
-    import time
-    import urllib.request
-
-    default = Path(__file__).resolve().parent.parent / ".venv-mlserver" / "bin" / "mlserver"
-    binary = Path(os.environ.get("MLSERVER_BIN", default))
-    if not binary.exists():
-        pytest.fail(f"MLServer is not installed at {binary}: run `make test` (it installs requirements-mlserver.txt "
-                    "into .venv-mlserver)")
-    folder = tmp_path_factory.mktemp("mlserver")
-    for name in ("model.py", "model-settings.json"):
-        shutil.copy(MLSERVER_MODEL / name, folder / name)
+def _free_ports(n: int) -> list[int]:
     ports = []
-    for _ in range(3):
+    for _ in range(n):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
+    return ports
+
+
+def _wait_http(url: str, proc, log_path: Path, what: str, timeout: float = 60) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited: {log_path.read_text()[-2000:]}")
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready in {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def _third_party(venv: str, binary: str, env_var: str) -> Path:
+    import os
+
+    path = Path(os.environ.get(env_var, Path(__file__).resolve().parent.parent / venv / "bin" / binary))
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make test`, which installs the third-party servers into {venv}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kserve_v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """KServe (third-party) serving `addone` (y = x + 1) on its v1 REST API; yields its base URL."""
+    import subprocess
+
+    python = _third_party(".venv-kserve", "python", "KSERVE_PYTHON")
+    (port,) = _free_ports(1)
+    log_path = tmp_path_factory.mktemp("kserve") / "kserve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(python), str(KSERVE_SERVE), str(port)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/v1/models/addone", proc, log_path, "KServe")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            terminate(proc)
+
+
+@pytest.fixture(scope="session")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """MLServer (a third-party KServe v2 server, from its own venv) serving `addone` (y = x + 1, FP32 [-1, 4]);
+    yields its gRPC address and its REST base URL."""
+    import json
+    import shutil
+    import subprocess
+
+    binary = _third_party(".venv-mlserver", "mlserver", "MLSERVER_BIN")
+    folder = tmp_path_factory.mktemp("mlserver")
+    for name in ("model.py", "model-settings.json"):
+        shutil.copy(MLSERVER_MODEL / name, folder / name)
+    ports = _free_ports(3)
     (folder / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": ports[0], "grpc_port": ports[1], "metrics_port": ports[2],
         "parallel_workers": 0, "metrics_endpoint": None}))
     log = open(folder / "mlserver.log", "wb")
     proc = subprocess.Popen([str(binary), "start", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"MLServer exited: {(folder / 'mlserver.log').read_text()[-2000:]}")
-            try:
-                ready = f"http://127.0.0.1:{ports[0]}/v2/models/addone/ready"
-                if urllib.request.urlopen(ready, timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"MLServer not ready in 60 s: {(folder / 'mlserver.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield f"127.0.0.1:{ports[1]}"
+        _wait_http(f"http://127.0.0.1:{ports[0]}/v2/models/addone/ready", proc, folder / "mlserver.log", "MLServer")
+        yield f"127.0.0.1:{ports[1]}", f"http://127.0.0.1:{ports[0]}"
     finally:
         terminate(proc)
         log.close()

@@ -235,7 +235,7 @@ def test_web_ui_form_runs_the_options(refserver):
 
 
 def test_kserve_user_against_mlserver(mlserver):
-    result = run_locust(mlserver, "--api", "kfs", "--model_name", "addone", "--bs", "1 4", users=2, run_time="2s")
+    result = run_locust(mlserver[0], "--api", "kfs", "--model_name", "addone", "--bs", "1 4", users=2, run_time="2s")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.failures == 0 and result.requests > 10
     (entry,) = result.stats
@@ -249,9 +249,10 @@ def test_kserve_workload_results_from_mlserver(mlserver):
     from ovms_users.options import BenchOptions
     from ovms_users.workload import Workload
 
-    w = Workload.build(BenchOptions.parse({"api": "kfs", "model_name": "addone", "bs": "2", "seed": "4"}), mlserver)
-    with grpc.insecure_channel(mlserver) as channel:
-        reply = w.protocol.decode(channel.unary_unary(w.protocol.infer_path)(w.bodies[0], timeout=10))
+    w = Workload.build(BenchOptions.parse({"api": "kfs", "model_name": "addone", "bs": "2", "seed": "4"}),
+                       mlserver[0])
+    with grpc.insecure_channel(mlserver[0]) as channel:
+        reply = w.protocol.decode(channel.unary_unary(w.path)(w.bodies[0], timeout=10))
     np.testing.assert_allclose(reply["y"], w.entries[0].inputs["x"][1] + 1, rtol=1e-6)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,9 +18,10 @@ from ovms_wire.tensors import TensorError, from_raw, to_raw
 
 __all__ = ["KfsRest", "HEADER_LENGTH", "BINARY_THRESHOLD"]
 
+log = logging.getLogger("ovms_users")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MODES = ("auto", "binary", "json")
-#: --kfs_data auto sends a request's tensors as binary data from this many bytes on
+#: --kfs_data auto sends a request's tensors as binary data from this many bytes on (if the server has the extension)
 BINARY_THRESHOLD = 1024
 
 
@@ -32,12 +34,22 @@ class KfsRest:
         if mode not in MODES:
             raise OptionError("--kfs_data", f"unknown mode {mode!r}; use auto, binary or json")
         self.mode = mode
+        self.binary_supported = True   # until the server's metadata says otherwise
 
     @staticmethod
     def _model_path(model: str, version: int | None) -> str:
         return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
 
     def fetch_spec(self, client: HttpTarget, model: str, version: int | None, timeout: float) -> ModelSpec:
+        status, raw = client.call("GET", "/v2", timeout=timeout)
+        try:
+            extensions = json.loads(raw).get("extensions") if status == 200 else None
+        except (ValueError, AttributeError):
+            extensions = None
+        # a server that lists its extensions without binary_tensor_data (MLServer) gets JSON in auto mode
+        self.binary_supported = not isinstance(extensions, list) or "binary_tensor_data" in extensions
+        if not self.binary_supported and self.mode == "auto":
+            log.info("%s does not list the binary_tensor_data extension: sending JSON tensors", client.base_url)
         meta = client.json("GET", self._model_path(model, version), timeout=timeout)
         if not isinstance(meta, dict) or "inputs" not in meta:
             raise ServerError(f"model {model}: the metadata reply is not KServe v2's format: {str(meta)[:200]}")
@@ -76,7 +88,7 @@ class KfsRest:
                 size += sum(len(v) for v in arr.reshape(-1))
             else:
                 size += arr.nbytes
-        return size >= BINARY_THRESHOLD
+        return self.binary_supported and size >= BINARY_THRESHOLD
 
     def encode(self, spec: ModelSpec, inputs: Inputs, stateful: bool = False) -> Encoded:
         binary = self._binary(inputs)
