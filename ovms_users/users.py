@@ -14,15 +14,13 @@ import time
 
 import gevent
 import grpc
-from geventhttpclient import HTTPClient
 from locust import FastHttpUser, User, constant
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from ovms_users.errors import OvmsUserError
-from ovms_users.http import HttpStatusError, error_message
 from ovms_users.options import BenchOptions
-from ovms_users.transport import GrpcStatusError, make_channel
+from ovms_users.senders import SENDERS
 from ovms_users.workload import CACHE, SequenceIds, Workload
 
 __all__ = ["ModelServerUser", "TfsGrpcUser", "KfsGrpcUser", "TfsRestUser", "KfsRestUser", "Sequence",
@@ -98,55 +96,6 @@ class Sequence:
         self.open = True
         if self.position >= self.length:
             self.position, self.open = 0, False
-
-
-class GrpcSender:
-    """One gRPC channel (its own HTTP/2 connection); bytes in, bytes out."""
-
-    def __init__(self, workload: Workload, user: User):
-        self.channel = make_channel(workload.target, workload.options, workload.tls)
-        self._call = self.channel.unary_unary(workload.path)
-
-    def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
-        try:
-            return len(self._call(body, timeout=timeout)), None
-        except grpc.RpcError as rpc_error:
-            return 0, GrpcStatusError.from_rpc_error(rpc_error)
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class HttpSender:
-    """One keep-alive HTTP/1.1 connection (geventhttpclient); a status other than 200 is a failure."""
-
-    def __init__(self, workload: Workload, user: User):
-        opts = workload.options
-        host, _, port = workload.target.rpartition(":")
-        ssl_options = {}
-        if workload.tls:
-            root, cert, key = opts.tls_files
-            ssl_options = {k: str(v) for k, v in (("ca_certs", root), ("certfile", cert), ("keyfile", key)) if v}
-        self.client = HTTPClient(host.strip("[]"), int(port), ssl=workload.tls, ssl_options=ssl_options or None,
-                                 connection_timeout=getattr(user, "connection_timeout", opts.step_timeout),
-                                 network_timeout=opts.step_timeout, concurrency=1)
-        self.path = workload.path
-
-    def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
-        try:
-            resp = self.client.request("POST", self.path, body=body, headers=headers)
-            data = resp.read()
-        except Exception as exc:   # connection refused or reset, timeouts, TLS errors: each a failed request
-            return 0, HttpStatusError(0, f"{type(exc).__name__}: {exc}")
-        if resp.status_code != 200:
-            return len(data), HttpStatusError(resp.status_code, error_message(data))
-        return len(data), None
-
-    def close(self) -> None:
-        self.client.close()
-
-
-SENDERS = {"grpc": GrpcSender, "http": HttpSender}
 
 
 class InferenceMixin:

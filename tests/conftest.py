@@ -147,3 +147,12 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     finally:
         terminate(proc)
         log.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_locust_in_the_test_process():
+    """Locust runs in child processes only: importing it here would gevent-patch pytest's own sockets and ssl."""
+    yield
+    import sys
+
+    assert "locust" not in sys.modules, "a test imported locust into the pytest process; run Locust as a subprocess"

@@ -225,3 +225,48 @@ def test_tfs_rest_results_from_kserve_v1(kserve_v1):
 
     reply = w.protocol.decode(resp.content, resp.headers, spec=w.spec)
     np.testing.assert_allclose(reply["output"], w.entries[0].inputs["input"][1] + 1, rtol=1e-6)
+
+
+def test_rest_step_timeout_and_keep_alive(tmp_path):
+    from refserver.launcher import RefServer
+
+    slow = {"models": [{"name": "slow", "kind": "add", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+                        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}], "latency": {"ms": 300}}]}
+    with RefServer(config=slow) as srv:
+        result = run_locust(srv.rest_url, "--api", "kfs-rest", "--model_name", "slow", "--step_timeout", "0.05",
+                            users=2, run_time="2s")
+        assert result.returncode == 1
+        assert result.requests > 10 and result.failures == result.requests
+        assert all(e["max_response_time"] < 250 for e in result.stats)   # cut at ~50 ms, not the model's 300 ms
+        assert "Timeout" in result.stderr or "timed out" in result.stderr
+        fast = run_locust(srv.rest_url, "--api", "kfs-rest", "--model_name", "slow", users=2, run_time="2s")
+        assert fast.failures == 0 and fast.requests >= 8
+
+
+def test_rest_sender_keeps_one_connection(refserver):
+    import psutil
+
+    from ovms_users.options import BenchOptions
+    from ovms_users.senders import HttpSender
+    from ovms_users.workload import Workload
+
+    w = Workload.build(BenchOptions.parse({"api": "kfs-rest", "model_name": "dummy"}), refserver.rest_url)
+    sender = HttpSender(w, user=None)
+    try:
+        body, headers = w.requests[0]
+        for _ in range(20):
+            length, exc = sender.send(body, headers, 5.0)
+            assert exc is None and length > 0
+        ports = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp")
+                 if c.raddr and c.raddr.port == refserver.rest_port and c.status == psutil.CONN_ESTABLISHED}
+        assert len(ports) == 1
+    finally:
+        sender.close()
+
+
+def test_original_api_spellings():
+    from ovms_users.options import BenchOptions
+
+    assert [BenchOptions.parse({"model_name": "m", "api": a}).api for a in ("TFS", "KFS", "REST", "tfs-rest",
+                                                                             "KFS-REST")] == \
+        ["tfs", "kfs", "tfs-rest", "tfs-rest", "kfs-rest"]
