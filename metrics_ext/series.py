@@ -1,0 +1,230 @@
+"""The OVMS metric set: one Series per phase (total, warmup, window), a per-second timeline, and a Recorder.
+
+Phases are wall-clock intervals fixed once when the test starts and shared by every process:
+``warmup = [t0, t0 + warmup)``, ``window = [t0 + warmup, t0 + warmup + window)`` (open-ended without
+``--window``), ``total = [t0, stop)``. A request belongs to a phase by its completion time. A phase's
+duration is its interval cut at the moment the test stopped, not at its first or last sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram
+
+__all__ = ["Series", "Phases", "Recorder", "QUANTILES", "OVMS_KEYS"]
+
+#: quantiles reported from the HDR-style histogram in every phase, beyond the original's set
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+
+#: the original's 30 keys per series, in its order (spec section 8)
+OVMS_KEYS = ("total_duration", "total_batches", "total_frames", "start_timestamp", "stop_timestamp", "pass_batches",
+             "fail_batches", "pass_frames", "fail_frames", "first_latency", "pass_max_latency", "fail_max_latency",
+             "brutto_batch_rate", "brutto_frame_rate", "netto_batch_rate", "netto_frame_rate", "frame_passrate",
+             "batch_passrate", "mean_latency", "mean_latency2", "stdev_latency", "cv_latency", "pass_mean_latency",
+             "pass_mean_latency2", "pass_stdev_latency", "pass_cv_latency", "fail_mean_latency", "fail_mean_latency2",
+             "fail_stdev_latency", "fail_cv_latency")
+
+
+def _cv(m: Moments) -> float:
+    return m.stdev / m.mean if m.mean else 0.0
+
+
+@dataclass
+class Series:
+    """Everything one phase needs, all of it mergeable."""
+    pass_batches: int = 0
+    fail_batches: int = 0
+    pass_frames: int = 0
+    fail_frames: int = 0
+    all: Moments = field(default_factory=Moments)
+    ok: Moments = field(default_factory=Moments)
+    bad: Moments = field(default_factory=Moments)
+    pass_max: float = 0.0
+    fail_max: float = 0.0
+    first_done: float = math.inf     # completion time of the first successful request
+    first_latency: float = math.inf  # ... and its latency
+    hdr: LogHistogram = field(default_factory=LogHistogram)
+    ovms: OvmsHistogram = field(default_factory=OvmsHistogram)
+    errors: Counter = field(default_factory=Counter)
+
+    def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None) -> None:
+        self.all.add(latency)
+        self.hdr.record(latency)
+        self.ovms.record(latency, frames)
+        if ok:
+            self.pass_batches += 1
+            self.pass_frames += frames
+            self.ok.add(latency)
+            if latency > self.pass_max:
+                self.pass_max = latency
+            if done < self.first_done:
+                self.first_done, self.first_latency = done, latency
+        else:
+            self.fail_batches += 1
+            self.fail_frames += frames
+            self.bad.add(latency)
+            if latency > self.fail_max:
+                self.fail_max = latency
+            self.errors[status or "unknown"] += 1
+
+    def merge(self, other: Series) -> None:
+        self.pass_batches += other.pass_batches
+        self.fail_batches += other.fail_batches
+        self.pass_frames += other.pass_frames
+        self.fail_frames += other.fail_frames
+        self.all.merge(other.all)
+        self.ok.merge(other.ok)
+        self.bad.merge(other.bad)
+        self.pass_max = max(self.pass_max, other.pass_max)
+        self.fail_max = max(self.fail_max, other.fail_max)
+        if other.first_done < self.first_done:   # the first success of the merged run, not the largest
+            self.first_done, self.first_latency = other.first_done, other.first_latency
+        self.hdr.merge(other.hdr)
+        self.ovms.merge(other.ovms)
+        self.errors.update(other.errors)
+
+    def to_dict(self) -> dict:
+        first = [None if math.isinf(v) else v for v in (self.first_done, self.first_latency)]
+        return {"c": [self.pass_batches, self.fail_batches, self.pass_frames, self.fail_frames],
+                "m": [self.all.to_dict(), self.ok.to_dict(), self.bad.to_dict()],
+                "x": [self.pass_max, self.fail_max], "f": first,
+                "h": self.hdr.to_dict(), "o": self.ovms.to_dict(), "e": dict(self.errors)}
+
+    @classmethod
+    def from_dict(cls, d: dict, factor: float, base: float) -> Series:
+        s = cls(*d["c"])
+        s.all, s.ok, s.bad = (Moments.from_dict(m) for m in d["m"])
+        s.pass_max, s.fail_max = d["x"]
+        s.first_done = math.inf if d["f"][0] is None else d["f"][0]
+        s.first_latency = math.inf if d["f"][1] is None else d["f"][1]
+        s.hdr = LogHistogram.from_dict(d["h"])
+        s.ovms = OvmsHistogram(factor, base)
+        s.ovms.merge_dict(d["o"])
+        s.errors = Counter(d["e"])
+        return s
+
+    def analyze(self, start: float, stop: float, users: int) -> dict:
+        """The original's 30 keys (its formulas, computed on merged state), plus min latency and quantiles.
+
+        ``netto_*_rate``: the rate if every one of ``users`` closed-loop users spent no time outside its
+        requests, ``pass * users / sum(latencies)``; the original summed per-process netto rates, which is the
+        same for equal processes and meaningless for unequal ones.
+        """
+        duration = max(0.0, stop - start)
+        batches = self.pass_batches + self.fail_batches
+        frames = self.pass_frames + self.fail_frames
+        busy = self.all.total / max(users, 1)
+        out = {
+            "total_duration": duration, "total_batches": batches, "total_frames": frames,
+            "start_timestamp": start, "stop_timestamp": stop,
+            "pass_batches": self.pass_batches, "fail_batches": self.fail_batches,
+            "pass_frames": self.pass_frames, "fail_frames": self.fail_frames,
+            "first_latency": self.first_latency, "pass_max_latency": self.pass_max, "fail_max_latency": self.fail_max,
+            "brutto_batch_rate": self.pass_batches / duration if duration else 0.0,
+            "brutto_frame_rate": self.pass_frames / duration if duration else 0.0,
+            "netto_batch_rate": self.pass_batches / busy if busy else 0.0,
+            "netto_frame_rate": self.pass_frames / busy if busy else 0.0,
+            "frame_passrate": self.pass_frames / frames if frames else 0.0,
+            "batch_passrate": self.pass_batches / batches if batches else 0.0,
+        }
+        for prefix, m in (("", self.all), ("pass_", self.ok), ("fail_", self.bad)):
+            out[f"{prefix}mean_latency"] = m.mean
+            out[f"{prefix}mean_latency2"] = m.mean2
+            out[f"{prefix}stdev_latency"] = m.stdev
+            out[f"{prefix}cv_latency"] = _cv(m)   # the fail series uses its own deviation (the original's typo)
+        out["min_latency"] = self.hdr.min if self.hdr.count else 0.0
+        for q in QUANTILES:
+            value = self.hdr.quantile(q)
+            out[f"latency_p{_qname(q)}"] = value if value is not None else 0.0
+        out["errors_by_status"] = dict(sorted(self.errors.items()))
+        return out
+
+
+def _qname(q: float) -> str:
+    text = f"{q * 100:.3f}".rstrip("0").rstrip(".")
+    return text.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The phase edges, fixed once at test start (wall-clock seconds) and shared by every process."""
+    t0: float
+    warmup: float = 0.0
+    window: float | None = None
+
+    @property
+    def warmup_end(self) -> float:
+        return self.t0 + self.warmup
+
+    @property
+    def window_end(self) -> float:
+        return math.inf if self.window is None else self.warmup_end + self.window
+
+    def of(self, done: float) -> str | None:
+        """The phase (besides total) a request completed at ``done`` belongs to."""
+        if done < self.warmup_end:
+            return "warmup"
+        if done < self.window_end:
+            return "window"
+        return None
+
+    def to_dict(self) -> dict:
+        return {"t0": self.t0, "warmup": self.warmup, "window": self.window}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Phases:
+        return cls(float(d["t0"]), float(d["warmup"]), None if d["window"] is None else float(d["window"]))
+
+
+class Recorder:
+    """One process's measurements: the three series and a per-second timeline, as one mergeable snapshot."""
+
+    def __init__(self, phases: Phases, hist_factor: float = 100.0, hist_base: float = 1.5):
+        self.phases = phases
+        self.factor, self.base = hist_factor, hist_base
+        self.series = {name: self._new() for name in ("total", "warmup", "window")}
+        self.timeline: dict[int, list] = {}   # second -> [pass, fail, frames, LogHistogram]
+
+    def _new(self) -> Series:
+        return Series(ovms=OvmsHistogram(self.factor, self.base))
+
+    def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None = None) -> None:
+        self.series["total"].record(ok, latency, frames, done, status)
+        phase = self.phases.of(done)
+        if phase is not None:
+            self.series[phase].record(ok, latency, frames, done, status)
+        sec = int(done)
+        cell = self.timeline.get(sec)
+        if cell is None:
+            cell = self.timeline[sec] = [0, 0, 0, LogHistogram()]
+        cell[0 if ok else 1] += 1
+        cell[2] += frames
+        cell[3].record(latency)
+
+    def snapshot(self) -> dict:
+        return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base,
+                "series": {k: s.to_dict() for k, s in self.series.items()},
+                "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()]}
+
+    def merge_snapshot(self, snap: dict) -> None:
+        for name, d in snap["series"].items():
+            self.series[name].merge(Series.from_dict(d, self.factor, self.base))
+        for sec, ok, bad, frames, hist in snap["timeline"]:
+            cell = self.timeline.get(sec)
+            if cell is None:
+                cell = self.timeline[sec] = [0, 0, 0, LogHistogram()]
+            cell[0] += ok
+            cell[1] += bad
+            cell[2] += frames
+            cell[3].merge(LogHistogram.from_dict(hist))
+
+    @classmethod
+    def merged(cls, snapshots: list[dict]) -> Recorder:
+        first = snapshots[0]
+        rec = cls(Phases.from_dict(first["phases"]), first["factor"], first["base"])
+        for snap in snapshots:
+            rec.merge_snapshot(snap)
+        return rec
