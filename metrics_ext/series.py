@@ -187,11 +187,14 @@ class Recorder:
         self.factor, self.base = hist_factor, hist_base
         self.series = {name: self._new() for name in ("total", "warmup", "window")}
         self.timeline: dict[int, list] = {}   # second -> [pass, fail, frames, LogHistogram]
+        self.last_done = 0.0                  # the latest completion time recorded
 
     def _new(self) -> Series:
         return Series(ovms=OvmsHistogram(self.factor, self.base))
 
     def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None = None) -> None:
+        if done > self.last_done:
+            self.last_done = done
         self.series["total"].record(ok, latency, frames, done, status)
         phase = self.phases.of(done)
         if phase is not None:
@@ -205,11 +208,12 @@ class Recorder:
         cell[3].record(latency)
 
     def snapshot(self) -> dict:
-        return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base,
+        return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base, "last": self.last_done,
                 "series": {k: s.to_dict() for k, s in self.series.items()},
                 "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()]}
 
     def merge_snapshot(self, snap: dict) -> None:
+        self.last_done = max(self.last_done, snap.get("last", 0.0))
         for name, d in snap["series"].items():
             self.series[name].merge(Series.from_dict(d, self.factor, self.base))
         for sec, ok, bad, frames, hist in snap["timeline"]:

@@ -7,6 +7,7 @@ Options keep the OVMS client's long names (`locust -f locustfiles/ovms.py --help
 "OVMS benchmark"); they also come from locust.conf, LOCUST_* variables and the web UI form.
 """
 
+from metrics_ext import locust_ext  # noqa: F401, I001  (the OVMS metric set, merged across processes)
 from ovms_users import locust_plugin  # noqa: F401  (first: gRPC under gevent, options, checks)
 from ovms_users.users import ModelServerUser
 

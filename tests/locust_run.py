@@ -47,6 +47,23 @@ class LocustResult:
         return [line for line in self.stderr.splitlines() if "ovms: error:" in line]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_master(args: list[str] | tuple[str, ...]) -> list[str]:
+    """With --processes, bind the master to 127.0.0.1 on a free port (Locust's default is *:5557)."""
+    if "--processes" not in args:
+        return []
+    port = str(free_port())
+    return ["--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-host", "127.0.0.1",
+            "--master-port", port]
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
@@ -55,7 +72,7 @@ def run_locust(host: str, *args: str, users: int = 2, run_time: str = "2s", time
                cwd: Path | None = None, locustfile: Path = LOCUSTFILE) -> LocustResult:
     """A headless run with --json statistics on stdout."""
     cmd = LOCUST + ["-f", str(locustfile), "--host", host, "--headless", "-u", str(users), "-r", str(max(users, 1)),
-                    "-t", run_time, "--json", "--skip-log-setup"] + list(args)
+                    "-t", run_time, "--json", "--skip-log-setup"] + list(args) + loopback_master(args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd or ROOT)
     return LocustResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -63,11 +80,7 @@ def run_locust(host: str, *args: str, users: int = 2, run_time: str = "2s", time
 def run_distributed(host: str, *args: str, workers: int = 2, users: int = 4, run_time: str = "3s",
                     timeout: float = 120) -> tuple[LocustResult, list[LocustResult]]:
     """A master process and ``workers`` worker processes on loopback; all are stopped before returning."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     master_cmd = LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1",
                            "--master-bind-port", str(port), "--expect-workers", str(workers), "--headless",
                            "-u", str(users), "-r", str(users), "-t", run_time, "--json", "--skip-log-setup",

@@ -229,7 +229,7 @@ def test_web_ui_form_runs_the_options(refserver):
             assert time.monotonic() < deadline, stats
             time.sleep(0.3)
         assert rows[0]["method"] == "KFS gRPC" and rows[0]["num_failures"] == 0
-        requests.get(base + "/stop", timeout=10)
+        assert requests.post(base + "/stop", timeout=10).status_code == 200
     finally:
         terminate(proc, 20)
 

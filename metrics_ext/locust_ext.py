@@ -1,0 +1,301 @@
+"""The Locust extension: the OVMS metric set, measured from ``request`` events, merged across processes.
+
+Import it in a locustfile (``from metrics_ext import locust_ext``). It listens to events only and
+never imports the load users. Each process records into a Recorder; workers send a cumulative
+snapshot with every report and a final one from their ``test_stop``; the master (or the local
+runner) merges the snapshots and exports once per test: the JSON result file first, then the
+console summary, the OVMS ``JSON-OUTPUT`` line and ``--print_all`` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
+
+from metrics_ext.result import build_result, format_summary
+from metrics_ext.series import Phases, Recorder
+
+__all__ = ["MetricsExtension", "add_arguments", "EXTENSION"]
+
+log = logging.getLogger("metrics_ext")
+PHASES_MESSAGE, FINAL_MESSAGE, REPORT_KEY = "ovms_metrics_phases", "ovms_metrics_final", "ovms_metrics"
+FINALS_TIMEOUT_S = 5.0
+
+_ARGS: tuple[tuple[str, Any, str], ...] = (
+    ("warmup", "0", "seconds from the start whose requests are warmup, not window"),
+    ("window", "", "length in seconds of the measurement window after the warmup (default: to the end)"),
+    ("report_warmup", False, "include the warmup_* keys in the result"),
+    ("hist_factor", "100", "OVMS histogram scale: bucket = int((hist_factor * latency_s) ** hist_base)"),
+    ("hist_base", "1.5", "OVMS histogram exponent"),
+    ("quantile_list", "", "quantiles of the window for the qos_* keys, e.g. '0.5 0.9 0.99'"),
+    ("result_file", "ovms-result.json", "where the JSON result goes, written first at the end of each test"),
+    ("ovms_json", False, "print the OVMS client's JSON-OUTPUT:###<id>###STATISTICS###{...} line"),
+    ("print_all", False, "print every result key as '<id>: <key>: <value>', as the OVMS client"),
+    ("ovms_id", "worker", "the run's name in JSON-OUTPUT and --print_all lines (the OVMS client's --id)"),
+)
+
+
+def add_arguments(parser: Any) -> None:
+    locust = hasattr(parser, "args_included_in_web_ui")
+    for name, default, help_text in _ARGS:
+        kwargs: dict[str, Any] = {"default": default, "help": help_text}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_true"
+        if locust:
+            kwargs.update(env_var=f"LOCUST_{name.upper()}", include_in_web_ui=True)
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+class MetricsError(ValueError):
+    pass
+
+
+def _number(opts: Any, name: str, default: float, minimum: float = 0.0) -> float:
+    text = str(getattr(opts, name, "") or default).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise MetricsError(f"--{name}: {text!r} is not a number") from None
+    if value < minimum or value != value:
+        raise MetricsError(f"--{name}: needs a number >= {minimum:g}, got {text}")
+    return value
+
+
+def read_settings(opts: Any) -> dict:
+    """The extension's options, checked (values arrive as strings from every source)."""
+    window_text = str(getattr(opts, "window", "") or "").strip()
+    quantiles_text = str(getattr(opts, "quantile_list", "") or "").replace(",", " ").split()
+    try:
+        quantiles = [float(q) for q in quantiles_text]
+    except ValueError:
+        raise MetricsError(f"--quantile_list: {' '.join(quantiles_text)!r} holds something that is not a number") \
+            from None
+    if any(not 0 < q < 1 for q in quantiles):
+        raise MetricsError("--quantile_list: quantiles lie between 0 and 1, e.g. '0.5 0.9 0.99'")
+    return {"warmup": _number(opts, "warmup", 0.0),
+            "window": _number(opts, "window", 0.0) if window_text else None,
+            "report_warmup": bool(getattr(opts, "report_warmup", False)),
+            "hist_factor": _number(opts, "hist_factor", 100.0, 1e-9),
+            "hist_base": _number(opts, "hist_base", 1.5, 1e-9),
+            "quantile_list": quantiles,
+            "result_file": str(getattr(opts, "result_file", "") or ""),
+            "ovms_json": bool(getattr(opts, "ovms_json", False)),
+            "print_all": bool(getattr(opts, "print_all", False)),
+            "ovms_id": str(getattr(opts, "ovms_id", "worker") or "worker")}
+
+
+def _client_identity() -> dict:
+    import locust
+
+    return {"host": platform.node(), "python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "locust": locust.__version__, "argv": sys.argv[1:]}
+
+
+class MetricsExtension:
+    def __init__(self) -> None:
+        self.environment: Any = None
+        self.settings: dict = read_settings(None)
+        self.recorder: Recorder | None = None
+        self.snapshots: dict[str, dict] = {}   # worker id -> its latest periodic snapshot
+        self.finals: dict[str, dict] = {}      # worker id -> its final snapshot
+        self.expected: set[str] = set()
+        self.stop_time: float | None = None
+        self.peak_users = 0
+        self.exported = False
+        self.result: dict | None = None
+        self._waiter: gevent.Greenlet | None = None
+
+    # ------------------------------------------------------------------------------ wiring
+    def install(self, environment: Any) -> None:
+        self.environment = environment
+        runner = environment.runner
+        if isinstance(runner, WorkerRunner):
+            runner.register_message(PHASES_MESSAGE, self._on_phases)
+        if isinstance(runner, MasterRunner):
+            runner.register_message(FINAL_MESSAGE, self._on_final)
+
+    def _new_recorder(self, phases: Phases) -> Recorder:
+        return Recorder(phases, self.settings["hist_factor"], self.settings["hist_base"])
+
+    def on_test_start(self, environment: Any, **_kw: Any) -> None:
+        self.settings = read_settings(environment.parsed_options)
+        runner = environment.runner
+        self.snapshots.clear()
+        self.finals.clear()
+        self.exported, self.result, self.stop_time, self.peak_users = False, None, None, 0
+        if isinstance(runner, WorkerRunner):
+            self.recorder = None   # the master's phases message sets it
+            return
+        phases = Phases(time.time(), self.settings["warmup"], self.settings["window"])
+        self.recorder = self._new_recorder(phases)
+        if isinstance(runner, MasterRunner):
+            self.expected = set(runner.clients.keys())
+            runner.send_message(PHASES_MESSAGE, {**phases.to_dict(), "settings": self.settings})
+
+    def _on_phases(self, environment: Any, msg: Any, **_kw: Any) -> None:
+        self.settings = msg.data["settings"]
+        self.recorder = self._new_recorder(Phases.from_dict(msg.data))
+
+    def on_request(self, request_type: str, name: str, response_time: float, response_length: int,
+                   exception: Exception | None = None, context: dict | None = None, **_kw: Any) -> None:
+        rec = self.recorder
+        if rec is None:   # a sample before the phases arrived (should not happen): measure from now
+            rec = self.recorder = self._new_recorder(Phases(time.time(), self.settings["warmup"],
+                                                            self.settings["window"]))
+        frames = (context or {}).get("frames", 1) or 1
+        status = None if exception is None else str(exception).split(":", 1)[0]
+        rec.record(exception is None, response_time / 1000.0, frames, time.time(), status)
+
+    def on_spawning_complete(self, user_count: int, **_kw: Any) -> None:
+        self.peak_users = max(self.peak_users, user_count)
+
+    def on_report_to_master(self, client_id: str, data: dict, **_kw: Any) -> None:
+        if self.recorder is not None:
+            data[REPORT_KEY] = self.recorder.snapshot()
+
+    def on_worker_report(self, client_id: str, data: dict, **_kw: Any) -> None:
+        if REPORT_KEY in data:
+            self.snapshots[client_id] = data[REPORT_KEY]
+
+    def _on_final(self, environment: Any, msg: Any, **_kw: Any) -> None:
+        self.finals[msg.node_id] = msg.data
+
+    def on_test_stop(self, environment: Any, **_kw: Any) -> None:
+        runner = environment.runner
+        self.stop_time = time.time()
+        if isinstance(runner, WorkerRunner):
+            if self.recorder is not None:
+                runner.send_message(FINAL_MESSAGE, self.recorder.snapshot())
+            return
+        if not isinstance(runner, MasterRunner) or self._all_finals():
+            self.export()
+            return
+        # headless quit: the workers stop after the master's test_stop; wait for their finals without blocking
+        self._waiter = gevent.spawn(self._wait_and_export)
+
+    def _all_finals(self) -> bool:
+        return self.expected <= set(self.finals)
+
+    def _wait_and_export(self) -> None:
+        deadline = time.monotonic() + FINALS_TIMEOUT_S
+        while not self._all_finals() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.export()
+
+    def on_quitting(self, environment: Any, **_kw: Any) -> None:
+        if isinstance(environment.runner, WorkerRunner):
+            return   # workers only report; the master exports
+        if self._waiter is not None:
+            self._waiter.join(timeout=FINALS_TIMEOUT_S + 1)
+        if not self.exported and self.recorder is not None and self.stop_time is not None:
+            self.export()
+
+    def on_reset_stats(self, **_kw: Any) -> None:
+        if self.recorder is not None:
+            self.recorder = self._new_recorder(Phases(time.time(), self.settings["warmup"], self.settings["window"]))
+        self.snapshots.clear()
+
+    # ------------------------------------------------------------------------------- export
+    def merged(self) -> tuple[Recorder, dict]:
+        """The merged recorder, and what it is made of (which worker sent a final, which only a report)."""
+        assert self.recorder is not None
+        if not isinstance(self.environment.runner, MasterRunner):
+            return Recorder.merged([self.recorder.snapshot()]), {"local": "final"}
+        parts, workers = [], {}
+        for client in sorted(self.expected | set(self.snapshots) | set(self.finals)):
+            if client in self.finals:
+                parts.append(self.finals[client])
+                workers[client] = "final"
+            elif client in self.snapshots:
+                parts.append(self.snapshots[client])
+                workers[client] = "missing final: data up to its last report"
+            else:
+                workers[client] = "missing: no data received"
+        if not parts:
+            parts = [self.recorder.snapshot()]
+        return Recorder.merged(parts), workers
+
+    def export(self) -> dict | None:
+        if self.exported or self.recorder is None:
+            return self.result
+        self.exported = True
+        rec, workers = self.merged()
+        # the test's end: when it was stopped, or later if requests in flight then completed after it
+        stop = max(self.stop_time or time.time(), rec.last_done)
+        runner = self.environment.runner
+        users = max(self.peak_users, getattr(runner, "target_user_count", 0) or 0, 1)
+        params = {"options": {k: v for k, v in vars(self.environment.parsed_options or {}).items()
+                              if isinstance(v, (str, int, float, bool, type(None), list))},
+                  "host": self.environment.host, "users": users, "client": _client_identity()}
+        submetrics = sum(1 for state in workers.values() if not state.startswith("missing: no data")) or 1
+        self.result = build_result(rec, stop, users, submetrics, params, self.settings["report_warmup"],
+                                   self.settings["quantile_list"], workers)
+        self._write(self.result)
+        stats = self.result["statistics"]
+        print("\nOVMS metrics (window | total):\n" + format_summary(stats), flush=True)
+        missing = [c for c, state in workers.items() if state != "final" and c != "local"]
+        if missing:
+            log.error("metrics: %d worker(s) sent no final snapshot: %s (see 'workers' in the result)",
+                      len(missing), ", ".join(missing))
+        ident = self.settings["ovms_id"]
+        if self.settings["ovms_json"]:
+            print(f"JSON-OUTPUT:###{ident}###STATISTICS###{json.dumps(stats)}", flush=True)
+        if self.settings["print_all"]:
+            for key, value in stats.items():
+                print(f"{ident}: {key}: {value}")
+            sys.stdout.flush()
+        return self.result
+
+    def _write(self, result: dict) -> None:
+        path = self.settings["result_file"]
+        if not path:
+            return
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(target)
+            log.info("metrics: result written to %s", target)
+        except OSError as exc:
+            log.error("metrics: cannot write the result to %s: %s", target, exc.strerror)
+
+
+EXTENSION = MetricsExtension()
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any, **_kw: Any) -> None:
+    add_arguments(parser)
+
+
+@events.init.add_listener
+def _install(environment: Any, **_kw: Any) -> None:
+    parsed = environment.parsed_options
+    if parsed is not None and not isinstance(environment.runner, WorkerRunner):
+        try:
+            read_settings(parsed)
+        except MetricsError as exc:
+            if parsed.headless or parsed.autostart:
+                sys.stderr.write(f"ovms: error: {exc}\n")
+                sys.exit(2)
+            log.error("ovms: error: %s", exc)
+    EXTENSION.install(environment)
+    ev = environment.events
+    ev.test_start.add_listener(EXTENSION.on_test_start)
+    ev.request.add_listener(EXTENSION.on_request)
+    ev.spawning_complete.add_listener(EXTENSION.on_spawning_complete)
+    ev.report_to_master.add_listener(EXTENSION.on_report_to_master)
+    ev.worker_report.add_listener(EXTENSION.on_worker_report)
+    ev.test_stop.add_listener(EXTENSION.on_test_stop)
+    ev.quitting.add_listener(EXTENSION.on_quitting)
+    ev.reset_stats.add_listener(EXTENSION.on_reset_stats)

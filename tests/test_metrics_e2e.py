@@ -1,0 +1,130 @@
+"""The metric set end to end: a server with known latency distributions and fault rate, real Locust processes.
+
+Tolerance: a reported latency is the server's configured delay plus the client's and the server's own
+time per request on this loopback (about 0.3-1.5 ms at these loads, measured from the `dummy` runs),
+and never less than the delay. So a quantile must lie in [q_true, q_true + 3 ms]; the heavy tail's
+p99 in [50 ms, 50 ms + 5 ms]. Counts have no tolerance: they must equal the server's own counters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import requests
+
+from refserver.launcher import RefServer
+from tests.conftest import scrape_counter, terminate
+from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, free_port, loopback_master, run_distributed, run_locust
+
+X = {"name": "x", "datatype": "FP32", "shape": [-1, 2]}
+Y = {"name": "y", "datatype": "FP32", "shape": [-1, 2]}
+CONFIG = {"seed": 1, "models": [
+    {"name": "uniform", "kind": "add", "inputs": [X], "outputs": [Y],
+     "latency": {"distribution": "uniform", "min_ms": 2, "max_ms": 8},
+     "faults": {"rate": 0.1, "code": "UNAVAILABLE", "message": "overloaded"}},
+    {"name": "tail", "kind": "add", "inputs": [X], "outputs": [Y],
+     "latency": {"distribution": "mixture", "components": [
+         {"weight": 97, "distribution": "uniform", "min_ms": 1, "max_ms": 3}, {"weight": 3, "ms": 50}]}},
+]}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with RefServer(config=CONFIG) as srv:
+        yield srv
+
+
+def counters(server: RefServer, model: str) -> tuple[float, float]:
+    text = requests.get(f"{server.rest_url}/metrics", timeout=5).text
+    labels = {"api": "KServe", "interface": "gRPC", "method": "ModelInfer", "name": model, "version": "1"}
+    return scrape_counter(text, "ovms_requests_success", **labels), scrape_counter(text, "ovms_requests_fail", **labels)
+
+
+def check_result(result_file, server: RefServer, model: str, before: tuple[float, float], processes: int) -> dict:
+    doc = json.loads(result_file.read_text())
+    s = doc["statistics"]
+    ok, bad = counters(server, model)
+    assert s["pass_batches"] == ok - before[0] and s["fail_batches"] == bad - before[1]
+    assert s["total_batches"] > 200
+    assert s["submetrics"] == processes
+    assert all(state in ("final",) for state in doc["workers"].values()), doc["workers"]
+    assert sum(row["pass"] + row["fail"] for row in doc["timeline"]) == s["total_batches"]
+    return s
+
+
+def check_uniform(s: dict) -> None:
+    assert 0.002 <= s["min_latency"] and s["latency_p50"] == pytest.approx(0.0065, abs=0.0035)
+    assert 0.005 <= s["window_latency_p50"] <= 0.005 + 0.003
+    assert 0.00794 <= s["window_latency_p99"] <= 0.00794 + 0.003
+    # faults: 10 % of requests, reported by status
+    assert 0.06 < s["fail_batches"] / s["total_batches"] < 0.14
+    assert set(s["errors_by_status"]) == {"UNAVAILABLE"}
+
+
+@pytest.mark.parametrize("mode", ["local", "processes"])
+def test_uniform_latency_and_faults(server, tmp_path, mode):
+    out = tmp_path / "result.json"
+    before = counters(server, "uniform")
+    extra = ["--processes", "2"] if mode == "processes" else []
+    result = run_locust(server.grpc_address, *extra, "--api", "kfs", "--model_name", "uniform", "--warmup", "0.5",
+                        "--result_file", str(out), "--error_exposition", "1", users=4, run_time="4s")
+    assert result.returncode == 1, result.stderr[-2000:]   # failed requests: non-zero, as the original
+    s = check_result(out, server, "uniform", before, 2 if mode == "processes" else 1)
+    check_uniform(s)
+    assert s["total_batches"] == result.requests   # Locust's own count agrees
+
+
+def test_master_and_two_workers_heavy_tail(server, tmp_path):
+    out = ROOT / "ovms-result-test-master.json"
+    before = counters(server, "tail")
+    try:
+        master, workers = run_distributed(server.grpc_address, "--api", "kfs", "--model_name", "tail",
+                                          "--result_file", str(out), "--quantile_list", "0.5 0.99",
+                                          users=4, run_time="4s")
+        assert master.returncode == 0, master.stderr[-2000:]
+        s = check_result(out, server, "tail", before, 2)
+    finally:
+        out.unlink(missing_ok=True)
+    assert 0.001 <= s["window_latency_p50"] <= 0.002 + 0.003
+    assert 0.050 <= s["window_latency_p99"] <= 0.055
+    assert s["window_latency_p99_9"] >= 0.050
+    # the OVMS-compatible quantiles (10 ms buckets by default: coarse, as the original)
+    assert s["qos_quantile_1"] == 0.99 and 0.04 <= s["qos_latency_1"] <= 0.06
+
+
+def test_web_ui_stop_yields_a_result(server, tmp_path):
+    port = free_port()
+    out = tmp_path / "ui-result.json"
+    before = counters(server, "uniform")
+    proc = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--web-host", "127.0.0.1", "--web-port", str(port),
+                                      "--processes", "2", "--skip-log-setup", "--result_file", str(out),
+                                      *loopback_master(["--processes"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(base + "/", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        assert requests.post(base + "/swarm", timeout=10, data={
+            "user_count": 4, "spawn_rate": 4, "host": server.grpc_address, "api": "kfs",
+            "model_name": "uniform"}).json()["success"]
+        time.sleep(3)
+        assert requests.post(base + "/stop", timeout=10).status_code == 200
+        deadline = time.monotonic() + 20
+        while not out.exists():
+            assert time.monotonic() < deadline, "no result file after the web UI's stop"
+            time.sleep(0.2)
+    finally:
+        terminate(proc, 20)
+    s = check_result(out, server, "uniform", before, 2)
+    check_uniform(s)
