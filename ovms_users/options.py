@@ -55,6 +55,8 @@ _ARGS: tuple[tuple[str, str, str], ...] = (
     ("rest_format", "columnar", "TFS REST body: columnar ({\"inputs\": ...}) or row ({\"instances\": [...]})"),
     ("kfs_data", "auto", "KServe v2 REST tensors: binary (the binary-data extension), json, or auto (binary from "
                          "1 KiB of tensor data, or for bytes that are not text)"),
+    ("steps_number", "0", "requests each user sends before it stops (the OVMS client's -n, per concurrent "
+                          "client); the test ends when every user is done; 0 = no limit"),
     ("error_limit", "0", "stop the test once a load process has seen more than this many failed requests; "
                          "0 = no limit"),
     ("error_exposition", "10", "print the first N failed requests in full; 0 = every one"),
@@ -194,6 +196,7 @@ class BenchOptions:
     ssl_ca: Path | None = None
     ssl_cert: Path | None = None
     ssl_key: Path | None = None
+    steps_number: int = 0
     rest_format: str = "columnar"
     kfs_data: str = "auto"
     error_limit: int = 0
@@ -245,6 +248,7 @@ class BenchOptions:
             step_timeout=_float("step_timeout", get("step_timeout") or "30", positive=True),
             metadata_timeout=_float("metadata_timeout", get("metadata_timeout") or "45", positive=True),
             certs_dir=path("certs_dir"), ssl_ca=path("ssl_ca"), ssl_cert=path("ssl_cert"), ssl_key=path("ssl_key"),
+            steps_number=_int("steps_number", get("steps_number") or "0"),
             rest_format=_choice("rest_format", get("rest_format") or "columnar", ("columnar", "row")),
             kfs_data=_choice("kfs_data", get("kfs_data") or "auto", ("auto", "binary", "json")),
             error_limit=_int("error_limit", get("error_limit") or "0"),

@@ -27,7 +27,7 @@ __all__ = ["ModelServerUser", "TfsGrpcUser", "KfsGrpcUser", "TfsRestUser", "KfsR
            "request_stop", "report_fatal"]
 
 log = logging.getLogger("ovms_users")
-STOP_MESSAGE, FATAL_MESSAGE = "ovms_stop", "ovms_fatal"
+STOP_MESSAGE, FATAL_MESSAGE, DONE_MESSAGE, BUSY_MESSAGE = "ovms_stop", "ovms_fatal", "ovms_done", "ovms_busy"
 
 
 def request_stop(environment, reason: str) -> None:
@@ -122,8 +122,24 @@ class InferenceMixin:
         self._next = n % self._size    # users start at different entries, not in lockstep
         self.sequence = Sequence(w, base, hop) if w.options.stateful else None
         self._meta = (w.protocol.request_type, w.name, w.protocol.name, w.spec.name, w.spec.version)
+        self._left = w.options.steps_number or -1   # requests this user may still send; -1: no limit
+        if self._left > 0:
+            w.active_users += 1
+            runner = self.environment.runner
+            if getattr(runner, "_ovms_done", False):   # more users after this process said it was done
+                runner._ovms_done = False
+                if isinstance(runner, WorkerRunner):
+                    runner.send_message(BUSY_MESSAGE, {})
 
     def infer(self) -> None:
+        if self._left == 0:   # done: idle (a stopped user would be re-spawned by Locust's ramp) until the end
+            self._left = -2
+            self.workload.active_users -= 1
+            check_done(self.environment)
+        if self._left == -2:
+            gevent.sleep(0.2)
+            return
+        self._left -= 1
         i = self._next
         self._next = i + 1 if i + 1 < self._size else 0
         w = self.workload
@@ -212,11 +228,51 @@ class KfsRestUser(_RestUser):
     api = "kfs-rest"
 
 
-def register_messages(environment) -> None:
-    """Master side of request_stop/report_fatal."""
+def check_done(environment) -> None:
+    """--steps_number: once every user of this process has sent its requests, the process is done; the test
+    ends when every process is (a worker tells the master)."""
     runner = environment.runner
-    if not isinstance(runner, MasterRunner):
+    spawning = runner.spawning_greenlet is not None and not runner.spawning_greenlet.dead
+    workload = CACHE.current
+    if (workload is not None and workload.active_users) or spawning or getattr(runner, "_ovms_done", False):
         return
+    runner._ovms_done = True
+    if isinstance(runner, WorkerRunner):
+        runner.send_message(DONE_MESSAGE, {})
+    else:
+        request_stop(environment, "--steps_number reached")
+
+
+def register_messages(environment) -> None:
+    """Master side of request_stop/report_fatal/check_done."""
+    runner = environment.runner
+    environment.events.test_start.add_listener(lambda **_kw: setattr(runner, "_ovms_done", False))
+
+    def steps_limited() -> bool:
+        return bool(getattr(environment.parsed_options, "steps_number", "0") not in ("0", "", 0, None))
+
+    if not isinstance(runner, MasterRunner):
+        # a process whose users are all done after its spawning ends (or that got no users) is done
+        environment.events.spawning_complete.add_listener(
+            lambda **_kw: steps_limited() and gevent.spawn_later(0.05, check_done, environment))
+        return
+    done: set[str] = set()
+    environment.events.test_start.add_listener(lambda **_kw: done.clear())
+
+    def maybe_stop() -> None:
+        if set(runner.clients) <= done and runner.state == "running" and not getattr(runner, "_ovms_done", False):
+            runner._ovms_done = True
+            log.info("ovms: every worker has sent its --steps_number requests; stopping the test")
+            request_stop(environment, "--steps_number reached")
+
+    def on_done(environment, msg, **kw) -> None:
+        done.add(msg.node_id)
+        maybe_stop()
+
+    def on_busy(environment, msg, **kw) -> None:
+        done.discard(msg.node_id)
+
+    environment.events.spawning_complete.add_listener(lambda **_kw: steps_limited() and maybe_stop())
 
     def on_stop_message(environment, msg, **kw) -> None:
         log.error("ovms: worker %s: %s; stopping the test", msg.node_id, msg.data.get("reason"))
@@ -230,3 +286,5 @@ def register_messages(environment) -> None:
 
     runner.register_message(STOP_MESSAGE, on_stop_message)
     runner.register_message(FATAL_MESSAGE, on_fatal)
+    runner.register_message(DONE_MESSAGE, on_done)
+    runner.register_message(BUSY_MESSAGE, on_busy)

@@ -182,6 +182,7 @@ class Workload:
     sequence_ids: SequenceIds
     failures: int = 0
     stop_requested: bool = False
+    active_users: int = 0    # users still sending their --steps_number requests
     built_in_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -241,10 +242,15 @@ class WorkloadCache:
         with self._lock:
             self._key, self._workload, self._error = repr((opts, host, api)), workload, None
 
+    @property
+    def current(self) -> Workload | None:
+        return self._workload
+
     def reset_run(self) -> None:
         if self._workload is not None:
             self._workload.failures = 0
             self._workload.stop_requested = False
+            self._workload.active_users = 0
 
 
 CACHE = WorkloadCache()

@@ -128,3 +128,33 @@ def test_web_ui_stop_yields_a_result(server, tmp_path):
         terminate(proc, 20)
     s = check_result(out, server, "uniform", before, 2)
     check_uniform(s)
+
+
+@pytest.mark.parametrize("mode", ["local", "processes", "master"])
+def test_stopped_by_request_count(server, tmp_path, mode):
+    # --steps_number: each user (the OVMS client's concurrent worker) sends exactly that many requests
+    users, steps = 4, 25
+    before = counters(server, "uniform")
+    args = ["--api", "kfs", "--model_name", "uniform", "--steps_number", str(steps), "--error_exposition", "1"]
+    t0 = time.monotonic()
+    if mode == "master":
+        out = ROOT / "ovms-result-test-steps.json"
+        try:
+            master, _ = run_distributed(server.grpc_address, *args, "--result_file", str(out), users=users,
+                                        run_time="60s")
+            doc = json.loads(out.read_text())
+        finally:
+            out.unlink(missing_ok=True)
+        locust_count = master.requests
+    else:
+        out = tmp_path / "result.json"
+        extra = ["--processes", "2"] if mode == "processes" else []
+        result = run_locust(server.grpc_address, *extra, *args, "--result_file", str(out), users=users,
+                            run_time="60s")
+        doc = json.loads(out.read_text())
+        locust_count = result.requests
+    assert time.monotonic() - t0 < 40   # stopped by the count, not the 60 s run time
+    s = doc["statistics"]
+    ok, bad = counters(server, "uniform")
+    assert s["total_batches"] == users * steps == locust_count
+    assert (s["pass_batches"], s["fail_batches"]) == (ok - before[0], bad - before[1])
