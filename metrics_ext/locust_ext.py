@@ -42,7 +42,13 @@ _ARGS: tuple[tuple[str, Any, str], ...] = (
     ("ovms_json", False, "print the OVMS client's JSON-OUTPUT:###<id>###STATISTICS###{...} line"),
     ("print_all", False, "print every result key as '<id>: <key>: <value>', as the OVMS client"),
     ("ovms_id", "worker", "the run's name in JSON-OUTPUT and --print_all lines (the OVMS client's --id)"),
+    ("check_fail_ratio", "", "threshold: exit code 3 if the window's failed share of requests is above this (0-1)"),
+    ("check_p99_ms", "", "threshold: exit code 3 if the window's p99 latency is above this many milliseconds"),
+    ("check_rps", "", "threshold: exit code 3 if the window's brutto requests/s is below this"),
 )
+
+#: exit code of a run that broke a --check_* threshold (as locust-plugins' checks)
+THRESHOLD_EXIT_CODE = 3
 
 
 def add_arguments(parser: Any) -> None:
@@ -91,7 +97,23 @@ def read_settings(opts: Any) -> dict:
             "result_file": str(getattr(opts, "result_file", "") or ""),
             "ovms_json": bool(getattr(opts, "ovms_json", False)),
             "print_all": bool(getattr(opts, "print_all", False)),
-            "ovms_id": str(getattr(opts, "ovms_id", "worker") or "worker")}
+            "ovms_id": str(getattr(opts, "ovms_id", "worker") or "worker"),
+            "checks": {name: _number(opts, name, 0.0) for name in ("check_fail_ratio", "check_p99_ms", "check_rps")
+                       if str(getattr(opts, name, "") or "").strip()}}
+
+
+def broken_thresholds(stats: dict, checks: dict) -> list[str]:
+    """Each --check_* the window's statistics break, in words."""
+    broken = []
+    total = stats["window_total_batches"]
+    if "check_fail_ratio" in checks and total and stats["window_fail_batches"] / total > checks["check_fail_ratio"]:
+        broken.append(f"failed share {stats['window_fail_batches'] / total:.4f} > --check_fail_ratio "
+                      f"{checks['check_fail_ratio']:g}")
+    if "check_p99_ms" in checks and stats["window_latency_p99"] * 1000 > checks["check_p99_ms"]:
+        broken.append(f"p99 {stats['window_latency_p99'] * 1000:.3f} ms > --check_p99_ms {checks['check_p99_ms']:g}")
+    if "check_rps" in checks and stats["window_brutto_batch_rate"] < checks["check_rps"]:
+        broken.append(f"{stats['window_brutto_batch_rate']:.1f} req/s < --check_rps {checks['check_rps']:g}")
+    return broken
 
 
 def _client_identity() -> dict:
@@ -236,17 +258,24 @@ class MetricsExtension:
         users = max(self.peak_users, getattr(runner, "target_user_count", 0) or 0, 1)
         params = {"options": {k: v for k, v in vars(self.environment.parsed_options or {}).items()
                               if isinstance(v, (str, int, float, bool, type(None), list))},
-                  "host": self.environment.host, "users": users, "client": _client_identity()}
+                  "host": self.environment.host, "users": users, "client": _client_identity(),
+                  "server": getattr(self.environment, "ovms_server", None)}
         submetrics = sum(1 for state in workers.values() if not state.startswith("missing: no data")) or 1
         self.result = build_result(rec, stop, users, submetrics, params, self.settings["report_warmup"],
                                    self.settings["quantile_list"], workers)
-        self._write(self.result)
         stats = self.result["statistics"]
+        broken = broken_thresholds(stats, self.settings["checks"])
+        self.result["thresholds"] = {"checks": self.settings["checks"], "broken": broken}
+        self._write(self.result)
         print("\nOVMS metrics (window | total):\n" + format_summary(stats), flush=True)
         missing = [c for c, state in workers.items() if state != "final" and c != "local"]
         if missing:
             log.error("metrics: %d worker(s) sent no final snapshot: %s (see 'workers' in the result)",
                       len(missing), ", ".join(missing))
+        for line in broken:
+            log.error("threshold broken: %s", line)
+        if broken:
+            self.environment.process_exit_code = THRESHOLD_EXIT_CODE
         ident = self.settings["ovms_id"]
         if self.settings["ovms_json"]:
             print(f"JSON-OUTPUT:###{ident}###STATISTICS###{json.dumps(stats)}", flush=True)

@@ -43,9 +43,12 @@ def _check_before_load(environment, **_kw) -> None:
     try:
         opts = BenchOptions.parse(parsed)
         if isinstance(runner, MasterRunner):
-            Workload.build(opts, environment.host, limit=1)   # the workers build their own datasets
+            workload = Workload.build(opts, environment.host, limit=1)   # the workers build their own datasets
         else:
-            CACHE.seed(opts, environment.host, Workload.build(opts, environment.host))
+            workload = Workload.build(opts, environment.host)
+            CACHE.seed(opts, environment.host, workload)
+        # for result exporters (metrics_ext reads it): what the server says it is
+        environment.ovms_server = workload.server_info
     except OvmsUserError as exc:
         sys.stderr.write(f"ovms: error: {exc}\n")
         sys.stderr.flush()

@@ -111,6 +111,7 @@ class InferenceMixin:
             opts = BenchOptions.parse(env.parsed_options) if env.parsed_options else BenchOptions.parse({})
             worker_index = getattr(env.runner, "worker_index", 0) or 0
             self.workload = CACHE.get(opts, self.host, worker_index, api=self.api)
+            env.ovms_server = self.workload.server_info
             self.sender = SENDERS[self.workload.protocol.transport](self.workload, self)
         except OvmsUserError as exc:
             report_fatal(env, str(exc))
@@ -122,8 +123,10 @@ class InferenceMixin:
         self._next = n % self._size    # users start at different entries, not in lockstep
         self.sequence = Sequence(w, base, hop) if w.options.stateful else None
         self._meta = (w.protocol.request_type, w.name, w.protocol.name, w.spec.name, w.spec.version)
-        self._left = w.options.steps_number or -1   # requests this user may still send; -1: no limit
-        if self._left > 0:
+        # requests this user may still send under --steps_number; None: no limit; then idle once it is 0
+        self._left: int | None = w.options.steps_number or None
+        self._idle = False
+        if self._left:
             w.active_users += 1
             runner = self.environment.runner
             if getattr(runner, "_ovms_done", False):   # more users after this process said it was done
@@ -132,14 +135,16 @@ class InferenceMixin:
                     runner.send_message(BUSY_MESSAGE, {})
 
     def infer(self) -> None:
-        if self._left == 0:   # done: idle (a stopped user would be re-spawned by Locust's ramp) until the end
-            self._left = -2
-            self.workload.active_users -= 1
-            check_done(self.environment)
-        if self._left == -2:
-            gevent.sleep(0.2)
-            return
-        self._left -= 1
+        if self._left is not None:
+            if self._idle:   # done: idle (a stopped user would be re-spawned by Locust's ramp) until the end
+                gevent.sleep(0.2)
+                return
+            if self._left == 0:
+                self._idle = True
+                self.workload.active_users -= 1
+                check_done(self.environment)
+                return
+            self._left -= 1
         i = self._next
         self._next = i + 1 if i + 1 < self._size else 0
         w = self.workload

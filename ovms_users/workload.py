@@ -187,6 +187,12 @@ class Workload:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def server_info(self) -> dict:
+        """What the server says it is (KServe's server metadata; the TFS API has none), and where it is."""
+        info = getattr(self.protocol, "server_info", None) or {"name": None}
+        return {**info, "address": self.target, "api": self.protocol.name, "tls": self.tls}
+
+    @property
     def bodies(self) -> list[bytes]:
         return [body for body, _ in self.requests]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -158,3 +159,41 @@ def test_stopped_by_request_count(server, tmp_path, mode):
     ok, bad = counters(server, "uniform")
     assert s["total_batches"] == users * steps == locust_count
     assert (s["pass_batches"], s["fail_batches"]) == (ok - before[0], bad - before[1])
+
+
+def test_outputs_thresholds_and_identity(server, tmp_path):
+    out = tmp_path / "result.json"
+    result = run_locust(server.grpc_address, "--api", "kfs", "--model_name", "tail", "--result_file", str(out),
+                        "--ovms_json", "--print_all", "--ovms_id", "run7", "--report_warmup", "--warmup", "0.5",
+                        "--check_p99_ms", "20", "--check_fail_ratio", "0.5", users=2, run_time="3s")
+    assert result.returncode == 3, result.stderr[-2000:]   # p99 is about 50 ms: the threshold is broken
+    assert "threshold broken: p99" in result.stderr and "--check_fail_ratio" not in result.stderr.split("broken")[-1]
+    doc = json.loads(out.read_text())
+    assert doc["thresholds"]["broken"] and doc["thresholds"]["broken"][0].startswith("p99 ")
+    assert doc["parameters"]["server"]["name"] == "ovms-refserver" and doc["parameters"]["server"]["api"] == "kfs"
+    assert doc["parameters"]["client"]["locust"] and doc["parameters"]["users"] == 2
+    # the OVMS client's output lines, from the same statistics
+    line = next(x for x in result.stdout.splitlines() if x.startswith("JSON-OUTPUT:###run7###STATISTICS###"))
+    stats = json.loads(line.split("###", 3)[3])
+    assert stats == json.loads(json.dumps(doc["statistics"]))
+    assert f"run7: total_batches: {stats['total_batches']}" in result.stdout
+    assert "warmup_total_batches" in stats and stats["warmup_total_batches"] > 0
+    assert "OVMS metrics (window | total):" in result.stdout
+
+
+def test_sigint_still_writes_the_result(server, tmp_path):
+    out = tmp_path / "result.json"
+    cmd = LOCUST + ["-f", str(LOCUSTFILE), "--host", server.grpc_address, "--headless", "-u", "2", "-r", "2",
+                    "-t", "60s", "--skip-log-setup", "--api", "kfs", "--model_name", "uniform", "--result_file",
+                    str(out), "--error_exposition", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        terminate(proc)
+    doc = json.loads(out.read_text())
+    assert doc["statistics"]["total_batches"] > 50
+    assert doc["phases"]["stop"] - doc["phases"]["t0"] < 20

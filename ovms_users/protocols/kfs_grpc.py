@@ -29,7 +29,19 @@ class KfsGrpc(GrpcProtocol):
     metadata_path = "/inference.GRPCInferenceService/ModelMetadata"
     ready_path = "/inference.GRPCInferenceService/ModelReady"
 
+    server_info: dict | None = None
+
     def fetch_spec(self, channel: grpc.Channel, model: str, version: int | None, timeout: float) -> ModelSpec:
+        try:
+            server = channel.unary_unary("/inference.GRPCInferenceService/ServerMetadata",
+                                         request_serializer=kfs.ServerMetadataRequest.SerializeToString,
+                                         response_deserializer=kfs.ServerMetadataResponse.FromString)(
+                kfs.ServerMetadataRequest(), timeout=timeout)
+            self.server_info = {"name": server.name, "version": server.version, "extensions": list(server.extensions)}
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            self.server_info = {"name": None, "error": f"{exc.code().name}: {exc.details()}"}
         meta = channel.unary_unary(self.metadata_path, request_serializer=kfs.ModelMetadataRequest.SerializeToString,
                                    response_deserializer=kfs.ModelMetadataResponse.FromString)(
             kfs.ModelMetadataRequest(name=model, version=str(version or "")), timeout=timeout)

@@ -34,6 +34,7 @@ class KfsRest:
         if mode not in MODES:
             raise OptionError("--kfs_data", f"unknown mode {mode!r}; use auto, binary or json")
         self.mode = mode
+        self.server_info: dict | None = None
         self.binary_supported = True   # until the server's metadata says otherwise
 
     @staticmethod
@@ -43,9 +44,11 @@ class KfsRest:
     def fetch_spec(self, client: HttpTarget, model: str, version: int | None, timeout: float) -> ModelSpec:
         status, raw = client.call("GET", "/v2", timeout=timeout)
         try:
-            extensions = json.loads(raw).get("extensions") if status == 200 else None
+            server = json.loads(raw) if status == 200 else {}
+            extensions = server.get("extensions")
         except (ValueError, AttributeError):
-            extensions = None
+            server, extensions = {}, None
+        self.server_info = {"name": server.get("name"), "version": server.get("version"), "extensions": extensions}
         # a server that lists its extensions without binary_tensor_data (MLServer) gets JSON in auto mode
         self.binary_supported = not isinstance(extensions, list) or "binary_tensor_data" in extensions
         if not self.binary_supported and self.mode == "auto":
