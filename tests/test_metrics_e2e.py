@@ -197,3 +197,36 @@ def test_sigint_still_writes_the_result(server, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["statistics"]["total_batches"] > 50
     assert doc["phases"]["stop"] - doc["phases"]["t0"] < 20
+
+
+def test_a_killed_worker_is_reported_and_its_data_kept(server, tmp_path):
+    out = ROOT / "ovms-result-test-killed.json"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    master = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1",
+                                        "--master-bind-port", str(port), "--expect-workers", "2", "--headless",
+                                        "-u", "4", "-r", "4", "-t", "9s", "--skip-log-setup", "--host",
+                                        server.grpc_address, "--api", "kfs", "--model_name", "tail",
+                                        "--result_file", str(out), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    workers = [subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
+                                          "--master-port", str(port), "--skip-log-setup"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+               for _ in range(2)]
+    try:
+        time.sleep(5.5)                    # past the first worker reports (every 3 s)
+        workers[0].send_signal(signal.SIGKILL)
+        stdout, err = master.communicate(timeout=60)
+        doc = json.loads(out.read_text())
+        locust_total = sum(e["num_requests"] for e in json.loads(stdout[stdout.rfind("\n[") + 1:]))
+    finally:
+        for p in [master, *workers]:
+            terminate(p)
+        out.unlink(missing_ok=True)
+    states = sorted(doc["workers"].values())
+    assert states[0] == "final" and states[1].startswith("missing final: data up to its last report"), states
+    assert "sent no final snapshot" in err
+    assert doc["statistics"]["submetrics"] == 2
+    # the lost worker's requests up to its last report are in the result, beside the survivor's: the same
+    # reports carry Locust's own statistics, so both totals agree
+    assert doc["statistics"]["total_batches"] == locust_total > 0
