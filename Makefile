@@ -12,26 +12,19 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-MLSERVER_VENV ?= .venv-mlserver
-MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+# Third-party servers for the interoperability tests, each in its own venv so their pins do not
+# steer the suite's: .venv-mlserver from requirements-mlserver.txt, .venv-kserve from requirements-kserve.txt.
+THIRD_PARTY := .venv-mlserver/.installed .venv-kserve/.installed
 
-$(MLSERVER_STAMP): requirements-mlserver.txt
-	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-mlserver.txt
-	touch $(MLSERVER_STAMP)
-
-KSERVE_VENV ?= .venv-kserve
-KSERVE_STAMP := $(KSERVE_VENV)/.installed
-
-$(KSERVE_STAMP): requirements-kserve.txt
-	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-kserve.txt
-	touch $(KSERVE_STAMP)
+.venv-%/.installed: requirements-%.txt
+	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --disable-pip-version-check -r $<
+	touch $@
 
 demo: $(STAMP)
 	$(VENV)/bin/ovms-bench demo
 
-test: $(STAMP) $(MLSERVER_STAMP) $(KSERVE_STAMP)
+test: $(STAMP) $(THIRD_PARTY)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
@@ -49,4 +42,4 @@ protos:
 		tensor_pb2_grpc.py tensor_shape_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-mlserver .venv-kserve .pytest_cache .ruff_cache *.egg-info
