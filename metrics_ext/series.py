@@ -60,7 +60,7 @@ class Series:
             self.ok.add(latency)
             if latency > self.pass_max:
                 self.pass_max = latency
-            if done < self.first_done:
+            if (done, latency) < (self.first_done, self.first_latency):   # ties: the smaller latency, in any order
                 self.first_done, self.first_latency = done, latency
         else:
             self.fail_batches += 1
@@ -80,7 +80,8 @@ class Series:
         self.bad.merge(other.bad)
         self.pass_max = max(self.pass_max, other.pass_max)
         self.fail_max = max(self.fail_max, other.fail_max)
-        if other.first_done < self.first_done:   # the first success of the merged run, not the largest
+        # the first success of the merged run (the original took the largest); the same tie rule as record()
+        if (other.first_done, other.first_latency) < (self.first_done, self.first_latency):
             self.first_done, self.first_latency = other.first_done, other.first_latency
         self.hdr.merge(other.hdr)
         self.ovms.merge(other.ovms)

@@ -2,8 +2,10 @@
 
 Tolerance: a reported latency is the server's configured delay plus the client's and the server's own
 time per request on this loopback (about 0.3-1.5 ms at these loads, measured from the `dummy` runs),
-and never less than the delay. So a quantile must lie in [q_true, q_true + 3 ms]; the heavy tail's
-p99 in [50 ms, 50 ms + 5 ms]. Counts have no tolerance: they must equal the server's own counters.
+and never less than the delay. On 2 cores shared by the server and up to three Locust processes, the
+scheduler adds several ms to the slowest requests. So a median must lie in [q_true, q_true + 3 ms] and
+a p99 in [q_true, q_true + 8 ms]; a wrong quantile (another rank, the mean, a unit slip) lands far
+outside. Counts have no tolerance: they must equal the server's own counters.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def check_result(result_file, server: RefServer, model: str, before: tuple[float
 def check_uniform(s: dict) -> None:
     assert 0.002 <= s["min_latency"] and s["latency_p50"] == pytest.approx(0.0065, abs=0.0035)
     assert 0.005 <= s["window_latency_p50"] <= 0.005 + 0.003
-    assert 0.00794 <= s["window_latency_p99"] <= 0.00794 + 0.003
+    assert 0.00794 <= s["window_latency_p99"] <= 0.00794 + 0.008
     # faults: 10 % of requests, reported by status
     assert 0.06 < s["fail_batches"] / s["total_batches"] < 0.14
     assert set(s["errors_by_status"]) == {"UNAVAILABLE"}
@@ -91,31 +93,45 @@ def test_master_and_two_workers_heavy_tail(server, tmp_path):
     finally:
         out.unlink(missing_ok=True)
     assert 0.001 <= s["window_latency_p50"] <= 0.002 + 0.003
-    assert 0.050 <= s["window_latency_p99"] <= 0.055
+    assert 0.050 <= s["window_latency_p99"] <= 0.050 + 0.008
     assert s["window_latency_p99_9"] >= 0.050
     # the OVMS-compatible quantiles (10 ms buckets by default: coarse, as the original)
     assert s["qos_quantile_1"] == 0.99 and 0.04 <= s["qos_latency_1"] <= 0.06
 
 
-def test_web_ui_stop_yields_a_result(server, tmp_path):
+@pytest.mark.parametrize("mode", ["local", "processes", "master"])
+def test_web_ui_stop_yields_a_result(server, tmp_path, mode):
     port = free_port()
     out = tmp_path / "ui-result.json"
     before = counters(server, "uniform")
-    proc = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--web-host", "127.0.0.1", "--web-port", str(port),
-                                      "--processes", "2", "--skip-log-setup", "--result_file", str(out),
-                                      *loopback_master(["--processes"])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ui = ["--web-host", "127.0.0.1", "--web-port", str(port), "--skip-log-setup", "--result_file", str(out)]
+    extra: list[str] = []
+    worker_cmds: list[list[str]] = []
+    if mode == "processes":
+        extra = ["--processes", "2", *loopback_master(["--processes"])]
+    elif mode == "master":
+        master_port = free_port()
+        extra = ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port)]
+        worker_cmds = [LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port",
+                                 str(master_port), "--skip-log-setup"]] * 2
+    proc = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), *ui, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    workers = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+               for cmd in worker_cmds]
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
                 requests.get(base + "/", timeout=2)
-                break
+                if mode == "local" or requests.get(base + "/stats/requests", timeout=2).json()["workers"].__len__() \
+                        == 2:
+                    break
             except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
         assert requests.post(base + "/swarm", timeout=10, data={
             "user_count": 4, "spawn_rate": 4, "host": server.grpc_address, "api": "kfs",
             "model_name": "uniform"}).json()["success"]
@@ -126,8 +142,9 @@ def test_web_ui_stop_yields_a_result(server, tmp_path):
             assert time.monotonic() < deadline, "no result file after the web UI's stop"
             time.sleep(0.2)
     finally:
-        terminate(proc, 20)
-    s = check_result(out, server, "uniform", before, 2)
+        for p in [proc, *workers]:
+            terminate(p, 20)
+    s = check_result(out, server, "uniform", before, 1 if mode == "local" else 2)
     check_uniform(s)
 
 

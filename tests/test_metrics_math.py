@@ -183,3 +183,11 @@ def test_series_snapshot_round_trip_with_empty_phases():
     assert s["total_batches"] == 0 and s["mean_latency"] == 0.0 and s["brutto_batch_rate"] == 0.0
     assert math.isinf(s["first_latency"])
     assert isinstance(Series().to_dict(), dict)
+
+
+def test_first_latency_ties_do_not_depend_on_merge_order():
+    a, b = recorder_of([(True, 0.002, 1, 20.0)]), recorder_of([(True, 0.001, 1, 20.0)])
+    ab = stats_of(Recorder.merged([a.snapshot(), b.snapshot()]))
+    ba = stats_of(Recorder.merged([b.snapshot(), a.snapshot()]))
+    whole = stats_of(recorder_of([(True, 0.002, 1, 20.0), (True, 0.001, 1, 20.0)]))
+    assert ab["first_latency"] == ba["first_latency"] == whole["first_latency"] == 0.001
