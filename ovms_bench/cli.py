@@ -41,7 +41,8 @@ LOCUSTFILE = Path(__file__).resolve().parent.parent / "ovms_users" / "locustfile
 def run_benchmark(host: str, api: str, model: str, users: int, seconds: int, extra: list[str]) -> int:
     """One headless Locust run in its own process; its summary goes to stdout."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless", "-u", str(users),
-           "-r", str(users), "-t", f"{seconds}s", "--only-summary", "--api", api, "--model_name", model, *extra]
+           "-r", str(users), "-t", f"{seconds}s", "--only-summary", "--api", api, "--model_name", model,
+           "--result_file", f"ovms-result-demo-{api}-{model}.json", *extra]
     print(f"\n$ locust -f ovms_users/locustfile.py --host {host} --headless -u {users} -t {seconds}s --api {api} "
           f"--model_name {model} {' '.join(extra)}".rstrip(), flush=True)
     # Locust writes its summary to stderr; a demo shows it on stdout

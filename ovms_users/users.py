@@ -187,6 +187,9 @@ class InferenceMixin:
             request_stop(self.environment, reason)
 
     def on_stop(self) -> None:
+        if getattr(self, "_left", None) and not self._idle:   # stopped (ramp-down) before its --steps_number
+            self._idle = True
+            self.workload.active_users -= 1
         seq = getattr(self, "sequence", None)
         if seq is not None and seq.open:   # leave no open sequence on the server: end it (a counted request)
             seq.position = seq.length - 1

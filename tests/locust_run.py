@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,9 @@ def run_locust(host: str, *args: str, users: int = 2, run_time: str = "2s", time
     """A headless run with --json statistics on stdout."""
     cmd = LOCUST + ["-f", str(locustfile), "--host", host, "--headless", "-u", str(users), "-r", str(max(users, 1)),
                     "-t", run_time, "--json", "--skip-log-setup"] + list(args) + loopback_master(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd or ROOT)
+    # a scratch folder of its own: the default result file (ovms-result.json) lands there, not in the checkout
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+                          cwd=cwd or tempfile.mkdtemp(prefix="locust-run-"))
     return LocustResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -88,7 +91,7 @@ def run_distributed(host: str, *args: str, workers: int = 2, users: int = 4, run
     worker_cmd = LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port",
                            str(port), "--skip-log-setup"]
     master = subprocess.Popen(master_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                              cwd=ROOT)
+                              cwd=tempfile.mkdtemp(prefix="locust-master-"))
     time.sleep(0.5)
     procs = [subprocess.Popen(worker_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                               cwd=ROOT) for _ in range(workers)]

@@ -116,8 +116,8 @@ def test_web_ui_stop_yields_a_result(server, tmp_path, mode):
         worker_cmds = [LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port",
                                  str(master_port), "--skip-log-setup"]] * 2
     proc = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), *ui, *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    workers = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    workers = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
                for cmd in worker_cmds]
     base = f"http://127.0.0.1:{port}"
     try:

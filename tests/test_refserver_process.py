@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -156,13 +158,16 @@ def test_configured_latency_is_served(faulty_server):
     assert sorted(took)[5] < 0.040 + 0.030   # median: the sleep plus loopback overhead
 
 
-def test_demo_command():
+def test_demo_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ovms_bench.cli", "demo", "--duration", "2", "--users", "2"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "reference server up" in out and "reference server stopped" in out
     assert "it serves 22 model versions" in out
+    assert sorted(p.name for p in tmp_path.glob("ovms-result-demo-*.json")) == [
+        "ovms-result-demo-kfs-dummy.json", "ovms-result-demo-kfs-resnet_dyn.json", "ovms-result-demo-tfs-dummy.json"]
     for row in ("TFS gRPC  dummy:1", "KFS gRPC  dummy:1", "KFS gRPC  resnet_dyn:1"):
         line = next(line for line in out.splitlines() if line.startswith(row))
         requests_sent, failures = line.split()[3], line.split()[4]

@@ -197,13 +197,14 @@ def test_options_from_config_file_and_environment(refserver, tmp_path):
     assert entry["method"] == "KFS gRPC" and entry["name"] == "two_inputs:1" and entry["num_requests"] > 0
 
 
-def test_web_ui_form_runs_the_options(refserver):
+def test_web_ui_form_runs_the_options(refserver, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--web-host", "127.0.0.1", "--web-port", str(port),
-                                      "--skip-log-setup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                      "--skip-log-setup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
