@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "ovms.py"
+CAPTURE_LOCUSTFILE = ROOT / "tests" / "locustfiles" / "capture.py"
 LOCUST = [sys.executable, "-m", "locust"]
 
 
@@ -70,14 +71,21 @@ def _env() -> dict:
 
 
 def run_locust(host: str, *args: str, users: int = 2, run_time: str = "2s", timeout: float = 90,
-               cwd: Path | None = None, locustfile: Path = LOCUSTFILE) -> LocustResult:
+               cwd: Path | None = None, locustfile: Path = LOCUSTFILE, env: dict | None = None) -> LocustResult:
     """A headless run with --json statistics on stdout."""
     cmd = LOCUST + ["-f", str(locustfile), "--host", host, "--headless", "-u", str(users), "-r", str(max(users, 1)),
                     "-t", run_time, "--json", "--skip-log-setup"] + list(args) + loopback_master(args)
     # a scratch folder of its own: the default result file (ovms-result.json) lands there, not in the checkout
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**_env(), **(env or {})},
                           cwd=cwd or tempfile.mkdtemp(prefix="locust-run-"))
     return LocustResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_captured(host: str, *args: str, folder: Path, **kw) -> tuple[LocustResult, list[dict]]:
+    """A headless run of the suite's locustfile that also records every request event's payload."""
+    capture = folder / "events.json"
+    result = run_locust(host, *args, locustfile=CAPTURE_LOCUSTFILE, env={"CAPTURE_FILE": str(capture)}, **kw)
+    return result, json.loads(capture.read_text())
 
 
 def run_distributed(host: str, *args: str, workers: int = 2, users: int = 4, run_time: str = "3s",

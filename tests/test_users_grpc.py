@@ -16,7 +16,7 @@ import requests
 from refserver.launcher import RefServer
 from refserver.tls import generate_certs
 from tests.conftest import scrape_counter, terminate
-from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, run_distributed, run_locust
+from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, run_captured, run_distributed, run_locust
 
 METHOD = {"tfs": ("TensorFlowServing", "Predict"), "kfs": ("KServe", "ModelInfer")}
 
@@ -265,14 +265,11 @@ def test_locustfile_imports_without_side_effects():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
-def test_request_event_payload(refserver, tmp_path, monkeypatch):
-    capture = tmp_path / "events.json"
-    monkeypatch.setenv("CAPTURE_FILE", str(capture))
-    result = run_locust(refserver.grpc_address, "--api", "kfs", "--model_name", "stateful", "--stateful_length", "3",
-                        "--stateful_id", "5000", users=2, run_time="1s",
-                        locustfile=ROOT / "tests" / "locustfiles" / "capture.py")
+def test_request_event_payload(refserver, tmp_path):
+    result, events = run_captured(refserver.grpc_address, "--api", "kfs", "--model_name", "stateful",
+                                  "--stateful_length", "3", "--stateful_id", "5000", users=2, run_time="1s",
+                                  folder=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    events = json.loads(capture.read_text())
     assert len(events) == result.requests > 6
     ids = set()
     for e in events:
@@ -285,11 +282,8 @@ def test_request_event_payload(refserver, tmp_path, monkeypatch):
     assert ids == {5000, 5000 + (1 << 24)}
 
 
-def test_failed_request_event_carries_status(troubled_server, tmp_path, monkeypatch):
-    capture = tmp_path / "events.json"
-    monkeypatch.setenv("CAPTURE_FILE", str(capture))
-    run_locust(troubled_server.grpc_address, "--model_name", "broken", "--error_exposition", "1", users=1,
-               run_time="1s", locustfile=ROOT / "tests" / "locustfiles" / "capture.py")
-    events = json.loads(capture.read_text())
+def test_failed_request_event_carries_status(troubled_server, tmp_path):
+    _, events = run_captured(troubled_server.grpc_address, "--model_name", "broken", "--error_exposition", "1",
+                             users=1, run_time="1s", folder=tmp_path)
     assert events and all(e["exception"] == "INTERNAL: model crashed" for e in events)
     assert all(e["context"]["frames"] == 1 and e["response_length"] == 0 for e in events)

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import scrape_counter
-from tests.locust_run import ROOT, run_locust
+from tests.locust_run import ROOT, run_captured, run_locust
 
 FORMATS = {"tfs-rest": ["--rest_format", "columnar"], "tfs-rest-row": ["--rest_format", "row"],
            "kfs-rest": ["--kfs_data", "binary"], "kfs-rest-json": ["--kfs_data", "json"]}
@@ -75,15 +75,11 @@ def test_rest_tls_without_client_certificate(tls_refserver, certs_dir):
     assert "TLS" in result.error_lines[0] or "--host" in result.error_lines[0]
 
 
-def test_rest_failures_carry_status_and_message(refserver, tmp_path, monkeypatch):
-    capture = tmp_path / "events.json"
-    monkeypatch.setenv("CAPTURE_FILE", str(capture))
+def test_rest_failures_carry_status_and_message(refserver, tmp_path):
     # batch 2 for a model whose batch dimension is 1: every request is refused by the server
-    result = run_locust(refserver.rest_url, "--api", "kfs-rest", "--model_name", "dummy", "--bs", "2",
-                        "--error_exposition", "2", users=1, run_time="1s",
-                        locustfile=ROOT / "tests" / "locustfiles" / "capture.py")
+    result, events = run_captured(refserver.rest_url, "--api", "kfs-rest", "--model_name", "dummy", "--bs", "2",
+                                  "--error_exposition", "2", users=1, run_time="1s", folder=tmp_path)
     assert result.returncode == 1
-    events = json.loads(capture.read_text())
     assert events and all(e["exception"] == "HTTP 400: Invalid input batch size - Expected: 1; Actual: 2"
                           for e in events)
     assert sum("XE failed request" in line for line in result.stderr.splitlines()) == 2
