@@ -1,11 +1,12 @@
 """The metric set end to end: a server with known latency distributions and fault rate, real Locust processes.
 
 Tolerance: a reported latency is the server's configured delay plus the client's and the server's own
-time per request on this loopback (about 0.3-1.5 ms at these loads, measured from the `dummy` runs),
-and never less than the delay. On 2 cores shared by the server and up to three Locust processes, the
-scheduler adds several ms to the slowest requests. So a median must lie in [q_true, q_true + 3 ms] and
-a p99 in [q_true, q_true + 8 ms]; a wrong quantile (another rank, the mean, a unit slip) lands far
-outside. Counts have no tolerance: they must equal the server's own counters.
+time per request on this loopback, and never less than the delay. That round trip is about 1.3 ms at
+the median for a model with no delay (the `make demo` runs) and measured +1.8 ms at the median, +2.8 ms
+at p99 for the uniform model below (4 users, 2 cores). On 2 cores shared by the server and up to three
+Locust processes, the scheduler adds more to the slowest requests. So a median must lie in
+[q_true, q_true + 4 ms] and a p99 in [q_true, q_true + 8 ms]; a wrong quantile (another rank, the
+mean, a unit slip) lands far outside. Counts have no tolerance: they must equal the server's own counters.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def check_result(result_file, server: RefServer, model: str, before: tuple[float
 
 def check_uniform(s: dict) -> None:
     assert 0.002 <= s["min_latency"] and s["latency_p50"] == pytest.approx(0.0065, abs=0.0035)
-    assert 0.005 <= s["window_latency_p50"] <= 0.005 + 0.003
+    assert 0.005 <= s["window_latency_p50"] <= 0.005 + 0.004
     assert 0.00794 <= s["window_latency_p99"] <= 0.00794 + 0.008
     # faults: 10 % of requests, reported by status
     assert 0.06 < s["fail_batches"] / s["total_batches"] < 0.14
@@ -92,7 +93,7 @@ def test_master_and_two_workers_heavy_tail(server, tmp_path):
         s = check_result(out, server, "tail", before, 2)
     finally:
         out.unlink(missing_ok=True)
-    assert 0.001 <= s["window_latency_p50"] <= 0.002 + 0.003
+    assert 0.001 <= s["window_latency_p50"] <= 0.002 + 0.004
     assert 0.050 <= s["window_latency_p99"] <= 0.050 + 0.008
     assert s["window_latency_p99_9"] >= 0.050
     # the OVMS-compatible quantiles (10 ms buckets by default: coarse, as the original)
