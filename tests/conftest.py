@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from refserver.launcher import RefServer
 from refserver.tls import generate_certs
+
+# Property tests explore fresh examples on a developer's machine; CI (CI=true) replays a fixed set, so a
+# landing never hangs on chance. `HYPOTHESIS_PROFILE=deep` searches longer.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("deep", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 
 @pytest.fixture(scope="session")

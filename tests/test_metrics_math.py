@@ -91,7 +91,7 @@ def test_the_originals_merge_bug_case_three_workers_1_10_100_ms():
     assert s["window_stdev_latency"] == pytest.approx(0.0447, abs=5e-5)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(samples, samples, samples)
 def test_merging_parts_equals_recording_everything(a, b, c):
     whole = stats_of(recorder_of(a + b + c))
@@ -105,7 +105,7 @@ def test_merging_parts_equals_recording_everything(a, b, c):
                 assert merged[key] == value, key
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(samples, samples, samples)
 def test_merge_is_associative(a, b, c):
     snaps = [recorder_of(x).snapshot() for x in (a, b, c)]
