@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import locust
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -117,8 +118,6 @@ def broken_thresholds(stats: dict, checks: dict) -> list[str]:
 
 
 def _client_identity() -> dict:
-    import locust
-
     return {"host": platform.node(), "python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "locust": locust.__version__, "argv": sys.argv[1:]}
 

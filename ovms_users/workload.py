@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import time
-from dataclasses import dataclass, field
-from typing import Any
+import urllib.error
+from dataclasses import dataclass
 
 import grpc
 from gevent.lock import Semaphore
@@ -94,9 +95,6 @@ def base_url(target: str, tls: bool) -> str:
 
 
 def _fetch_http(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptions) -> ModelSpec:
-    import ssl
-    import urllib.error
-
     client = HttpTarget(base_url(target, tls), ssl_context(opts) if tls else None)
     deadline = time.monotonic() + opts.metadata_timeout
     announced = False
@@ -183,8 +181,6 @@ class Workload:
     failures: int = 0
     stop_requested: bool = False
     active_users: int = 0    # users still sending their --steps_number requests
-    built_in_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def server_info(self) -> dict:
@@ -218,7 +214,7 @@ class Workload:
                  sorted({e.batch_size for e in entries}), took)
         return cls(opts, protocol, target, tls, spec, entries, encoded, requests, [e.batch_size for e in entries],
                    protocol.path(spec), f"{spec.name}:{spec.version}" if spec.version else spec.name,
-                   SequenceIds(opts.stateful_id, opts.stateful_hop, worker_index), built_in_s=took)
+                   SequenceIds(opts.stateful_id, opts.stateful_hop, worker_index))
 
 
 class WorkloadCache:

@@ -88,7 +88,8 @@ class Sequences:
             seq.ending = True
         return seq_id, seq
 
-    def release(self, seq_id: int, seq: Sequence, ok: bool) -> None:
+    def release(self, seq_id: int, seq: Sequence) -> None:
+        """After a request of the sequence: an ending sequence is gone (whether its last request succeeded)."""
         if seq.ending:
             self.live.pop(seq_id, None)
 
@@ -204,16 +205,14 @@ class Server:
             seq_id, seq = seqs.acquire(sequence)
         elif sequence is not None and (sequence.sequence_id or sequence.start or sequence.end):
             raise ServingError.invalid(f"Model {model.name} is not stateful; remove the sequence inputs")
-        ok = False
         try:
             await self._delay(served)
             if served.faults.rate and self.rng.random() < served.faults.rate:
                 raise ServingError(served.faults.code, served.faults.message)
             outputs = model.compute(arrays, None if seq is None else seq.state)
-            ok = True
         finally:
             if seqs is not None and seq is not None and seq_id is not None:
-                seqs.release(seq_id, seq, ok)
+                seqs.release(seq_id, seq)
         return InferResult(model, {s.name: outputs[s.name] for s in specs}, specs, seq_id)
 
     def _validate(self, model: ModelVersion, inputs: Mapping[str, tuple[DType, np.ndarray]]) -> dict[str, np.ndarray]:
