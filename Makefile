@@ -13,18 +13,27 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 # Third-party servers for the interoperability tests, each in its own venv so their pins do not
-# steer the suite's: .venv-mlserver from requirements-mlserver.txt, .venv-kserve from requirements-kserve.txt.
-THIRD_PARTY := .venv-mlserver/.installed .venv-kserve/.installed
+# steer the suite's: .venv-mlserver from requirements-mlserver.txt, .venv-kserve from requirements-kserve.txt,
+# .venv-mongo (a MongoDB-wire server for the MongoDB export) from requirements-mongo.txt.
+THIRD_PARTY := .venv-mlserver/.installed .venv-kserve/.installed .venv-mongo/.installed
 
 .venv-%/.installed: requirements-%.txt
 	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install -q --disable-pip-version-check -r $<
 	touch $@
 
+# The web UI's browser test drives Debian's Chromium through Playwright (which never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
 demo: $(STAMP)
 	$(VENV)/bin/ovms-bench demo
 
-test: $(STAMP) $(THIRD_PARTY)
+test: $(STAMP) $(THIRD_PARTY) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
@@ -42,4 +51,4 @@ protos:
 		tensor_pb2_grpc.py tensor_shape_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) .venv-mlserver .venv-kserve .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-mlserver .venv-kserve .venv-mongo .pytest_cache .ruff_cache *.egg-info

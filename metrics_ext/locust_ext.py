@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,14 +24,19 @@ import locust
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
+from metrics_ext.mongo import mask_uri  # regular expressions only: pymongo is imported by an export
 from metrics_ext.result import build_result, format_summary
 from metrics_ext.series import Phases, Recorder
+from metrics_ext.webui import install_web_ui
 
 __all__ = ["MetricsExtension", "add_arguments", "EXTENSION"]
 
 log = logging.getLogger("metrics_ext")
 PHASES_MESSAGE, FINAL_MESSAGE, REPORT_KEY = "ovms_metrics_phases", "ovms_metrics_final", "ovms_metrics"
+SERVER_KEY = "ovms_server"
 FINALS_TIMEOUT_S = 5.0
+#: the OVMS client's version this suite's output corresponds to (its ``client_version`` in MongoDB documents)
+CLIENT_VERSION = "2.7"
 
 _ARGS: tuple[tuple[str, Any, str], ...] = (
     ("warmup", "0", "seconds from the start whose requests are warmup, not window"),
@@ -46,10 +52,18 @@ _ARGS: tuple[tuple[str, Any, str], ...] = (
     ("check_fail_ratio", "", "threshold: exit code 3 if the window's failed share of requests is above this (0-1)"),
     ("check_p99_ms", "", "threshold: exit code 3 if the window's p99 latency is above this many milliseconds"),
     ("check_rps", "", "threshold: exit code 3 if the window's brutto requests/s is below this"),
+    ("report_file", "", "also write the self-contained HTML report (plots, summary) here at the end of each test"),
+    ("db_endpoint", "", "MongoDB to store the result in at the end: mongodb://host:database:collection (the OVMS "
+                        "client's form) or a MongoDB URI mongodb://user:pw@host:port/database?collection=NAME&tls=true"),
+    ("db_metadata", "", "key:value items stored with the MongoDB document, space-separated (quote values with "
+                        "spaces)"),
+    ("db_timeout", "5", "seconds the MongoDB export may wait for the server (connect, select, write)"),
 )
 
 #: exit code of a run that broke a --check_* threshold (as locust-plugins' checks)
 THRESHOLD_EXIT_CODE = 3
+#: exit code of a run whose MongoDB export failed (the JSON result and a loadable dump are on disk)
+DB_EXIT_CODE = 4
 
 
 def add_arguments(parser: Any) -> None:
@@ -89,6 +103,19 @@ def read_settings(opts: Any) -> dict:
             from None
     if any(not 0 < q < 1 for q in quantiles):
         raise MetricsError("--quantile_list: quantiles lie between 0 and 1, e.g. '0.5 0.9 0.99'")
+    endpoint = str(getattr(opts, "db_endpoint", "") or "").strip()
+    try:
+        metadata_items = shlex.split(str(getattr(opts, "db_metadata", "") or ""))
+    except ValueError as exc:
+        raise MetricsError(f"--db_metadata: {exc}; quote a value with spaces as key:'a value'") from None
+    if endpoint or metadata_items:
+        from metrics_ext.mongo import MongoExportError, parse_endpoint, parse_metadata
+        try:
+            if endpoint:
+                parse_endpoint(endpoint)
+            parse_metadata(metadata_items)
+        except MongoExportError as exc:
+            raise MetricsError(str(exc)) from None
     return {"warmup": _number(opts, "warmup", 0.0),
             "window": _number(opts, "window", 0.0) if window_text else None,
             "report_warmup": bool(getattr(opts, "report_warmup", False)),
@@ -99,6 +126,9 @@ def read_settings(opts: Any) -> dict:
             "ovms_json": bool(getattr(opts, "ovms_json", False)),
             "print_all": bool(getattr(opts, "print_all", False)),
             "ovms_id": str(getattr(opts, "ovms_id", "worker") or "worker"),
+            "report_file": str(getattr(opts, "report_file", "") or ""),
+            "db_endpoint": endpoint, "db_metadata": metadata_items,
+            "db_timeout": _number(opts, "db_timeout", 5.0, 0.1),
             "checks": {name: _number(opts, name, 0.0) for name in ("check_fail_ratio", "check_p99_ms", "check_rps")
                        if str(getattr(opts, name, "") or "").strip()}}
 
@@ -117,9 +147,24 @@ def broken_thresholds(stats: dict, checks: dict) -> list[str]:
     return broken
 
 
+_SECRET_OPTIONS = ("--web-auth", "--web_auth")
+
+
+def _masked_argv(argv: list[str]) -> list[str]:
+    """The command line with its secrets masked: --web-auth's value, MongoDB URI passwords."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(tuple(o + "=" for o in _SECRET_OPTIONS)):
+            arg = arg.split("=", 1)[0] + "=***"
+        elif i and argv[i - 1] in _SECRET_OPTIONS:
+            arg = "***"
+        out.append(mask_uri(arg))
+    return out
+
+
 def _client_identity() -> dict:
     return {"host": platform.node(), "python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "locust": locust.__version__, "argv": sys.argv[1:]}
+            "cpus": os.cpu_count(), "locust": locust.__version__, "argv": _masked_argv(sys.argv[1:])}
 
 
 class MetricsExtension:
@@ -134,7 +179,9 @@ class MetricsExtension:
         self.peak_users = 0
         self.exported = False
         self.result: dict | None = None
+        self.users_at: dict[int, int] = {}     # wall-clock second -> users running (master or local)
         self._waiter: gevent.Greenlet | None = None
+        self._sampler: gevent.Greenlet | None = None
 
     # ------------------------------------------------------------------------------ wiring
     def install(self, environment: Any) -> None:
@@ -159,9 +206,20 @@ class MetricsExtension:
             return
         phases = Phases(time.time(), self.settings["warmup"], self.settings["window"])
         self.recorder = self._new_recorder(phases)
+        self.users_at = {}
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+        self._sampler = gevent.spawn(self._sample_users, runner)
         if isinstance(runner, MasterRunner):
             self.expected = set(runner.clients.keys())
             runner.send_message(PHASES_MESSAGE, {**phases.to_dict(), "settings": self.settings})
+
+    def _sample_users(self, runner: Any) -> None:
+        """The user count once a second while the test runs (the timeline's ``users`` column)."""
+        while self.stop_time is None:
+            if runner.user_count:   # a master counts workers' users only once they report them
+                self.users_at[int(time.time())] = runner.user_count
+            gevent.sleep(1.0 - time.time() % 1.0 + 0.01)
 
     def _on_phases(self, environment: Any, msg: Any, **_kw: Any) -> None:
         self.settings = msg.data["settings"]
@@ -183,10 +241,15 @@ class MetricsExtension:
     def on_report_to_master(self, client_id: str, data: dict, **_kw: Any) -> None:
         if self.recorder is not None:
             data[REPORT_KEY] = self.recorder.snapshot()
+        server = getattr(self.environment, "ovms_server", None)
+        if server:   # what the server said it is, for a master started from the web UI (it fetched nothing)
+            data[SERVER_KEY] = server
 
     def on_worker_report(self, client_id: str, data: dict, **_kw: Any) -> None:
         if REPORT_KEY in data:
             self.snapshots[client_id] = data[REPORT_KEY]
+        if data.get(SERVER_KEY) and not getattr(self.environment, "ovms_server", None):
+            self.environment.ovms_server = data[SERVER_KEY]
 
     def _on_final(self, environment: Any, msg: Any, **_kw: Any) -> None:
         self.finals[msg.node_id] = msg.data
@@ -194,6 +257,9 @@ class MetricsExtension:
     def on_test_stop(self, environment: Any, **_kw: Any) -> None:
         runner = environment.runner
         self.stop_time = time.time()
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+            self._sampler = None
         if isinstance(runner, WorkerRunner):
             if self.recorder is not None:
                 runner.send_message(FINAL_MESSAGE, self.recorder.snapshot())
@@ -246,26 +312,56 @@ class MetricsExtension:
             parts = [self.recorder.snapshot()]
         return Recorder.merged(parts), workers
 
+    def _compose(self, stop_time: float | None, live: bool = False) -> dict:
+        """The result document from the merged measurements, the test taken as ending at ``stop_time`` (or now).
+
+        Live (the test still running), the end is the latest completion the merged data holds: workers
+        report every few seconds, and rates over a span longer than the data would read low.
+        """
+        rec, workers = self.merged()
+        if stop_time is None and live and rec.last_done > rec.phases.t0:
+            stop_time = rec.last_done
+        # the test's end: when it was stopped, or later if requests in flight then completed after it
+        stop = max(stop_time or time.time(), rec.last_done)
+        runner = self.environment.runner
+        users = max(self.peak_users, getattr(runner, "target_user_count", 0) or 0, 1)
+        options = {k: v for k, v in vars(self.environment.parsed_options or {}).items()
+                   if isinstance(v, (str, int, float, bool, type(None), list))}
+        if options.get("db_endpoint"):
+            options["db_endpoint"] = mask_uri(options["db_endpoint"])   # never a password in a result
+        if options.get("web_auth"):
+            options["web_auth"] = "***"
+        params = {"options": options, "host": self.environment.host, "users": users, "client": _client_identity(),
+                  "server": getattr(self.environment, "ovms_server", None)}
+        submetrics = sum(1 for state in workers.values() if not state.startswith("missing: no data")) or 1
+        result = build_result(rec, stop, users, submetrics, params, self.settings["report_warmup"],
+                              self.settings["quantile_list"], workers, self.users_at)
+        result["thresholds"] = {"checks": self.settings["checks"],
+                                "broken": broken_thresholds(result["statistics"], self.settings["checks"])}
+        return result
+
+    def live_result(self) -> dict | None:
+        """The final result once exported; while a test runs, the result as if it stopped now (``live``)."""
+        if self.exported and self.result is not None:
+            return self.result
+        if self.recorder is None or self.environment is None:
+            return None
+        result = self._compose(self.stop_time, live=True)
+        result["live"] = True
+        return result
+
+    def live_statistics(self) -> dict | None:
+        result = self.live_result()
+        return None if result is None else result["statistics"]
+
     def export(self) -> dict | None:
         if self.exported or self.recorder is None:
             return self.result
         self.exported = True
-        rec, workers = self.merged()
-        # the test's end: when it was stopped, or later if requests in flight then completed after it
-        stop = max(self.stop_time or time.time(), rec.last_done)
-        runner = self.environment.runner
-        users = max(self.peak_users, getattr(runner, "target_user_count", 0) or 0, 1)
-        params = {"options": {k: v for k, v in vars(self.environment.parsed_options or {}).items()
-                              if isinstance(v, (str, int, float, bool, type(None), list))},
-                  "host": self.environment.host, "users": users, "client": _client_identity(),
-                  "server": getattr(self.environment, "ovms_server", None)}
-        submetrics = sum(1 for state in workers.values() if not state.startswith("missing: no data")) or 1
-        self.result = build_result(rec, stop, users, submetrics, params, self.settings["report_warmup"],
-                                   self.settings["quantile_list"], workers)
-        stats = self.result["statistics"]
-        broken = broken_thresholds(stats, self.settings["checks"])
-        self.result["thresholds"] = {"checks": self.settings["checks"], "broken": broken}
-        self._write(self.result)
+        self.result = self._compose(self.stop_time)
+        workers = self.result["workers"]
+        stats, broken = self.result["statistics"], self.result["thresholds"]["broken"]
+        self._write(self.result)   # first: whatever fails after this, the measurements are on disk
         print("\nOVMS metrics (window | total):\n" + format_summary(stats), flush=True)
         missing = [c for c, state in workers.items() if state != "final" and c != "local"]
         if missing:
@@ -282,7 +378,44 @@ class MetricsExtension:
             for key, value in stats.items():
                 print(f"{ident}: {key}: {value}")
             sys.stdout.flush()
+        self._write_report(self.result)
+        self._export_db(self.result)
         return self.result
+
+    def _write_report(self, result: dict) -> None:
+        path = self.settings["report_file"]
+        if not path:
+            return
+        try:
+            from metrics_ext.report import write_report
+            write_report(result, path)
+            log.info("metrics: HTML report written to %s", path)
+        except Exception as exc:   # the report is a view: it never costs the result
+            log.error("metrics: cannot write the HTML report to %s: %s", path, exc)
+
+    def _export_db(self, result: dict) -> None:
+        endpoint = self.settings["db_endpoint"]
+        if not endpoint:
+            return
+        from metrics_ext.mongo import MongoExportError, export
+        code = self.environment.process_exit_code
+        if code is None:
+            runner = self.environment.runner
+            code = 1 if (len(runner.errors) or len(runner.exceptions)) else 0
+        result_file = self.settings["result_file"] or "ovms-result.json"
+        dump = Path(result_file).with_name(Path(result_file).stem + ".mongo.json")
+        try:
+            ident = export(result, endpoint=endpoint, metadata=self.settings["db_metadata"],
+                           options=result["parameters"]["options"], return_code=code, client_version=CLIENT_VERSION,
+                           dump_path=dump, timeout_s=self.settings["db_timeout"])
+        except MongoExportError as exc:
+            log.error("metrics: %s", exc)
+            self.environment.process_exit_code = DB_EXIT_CODE
+            return
+        result["db_id"] = ident
+        log.info("metrics: result stored in MongoDB, _id %s", ident)
+        if self.settings["ovms_json"]:
+            print(f"JSON-OUTPUT:###{self.settings['ovms_id']}###DB-ID###{json.dumps({'_id': ident})}", flush=True)
 
     def _write(self, result: dict) -> None:
         path = self.settings["result_file"]
@@ -318,6 +451,8 @@ def _install(environment: Any, **_kw: Any) -> None:
                 sys.exit(2)
             log.error("ovms: error: %s", exc)
     EXTENSION.install(environment)
+    if not isinstance(environment.runner, WorkerRunner):
+        install_web_ui(environment, EXTENSION)
     ev = environment.events
     ev.test_start.add_listener(EXTENSION.on_test_start)
     ev.request.add_listener(EXTENSION.on_request)

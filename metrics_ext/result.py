@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 
 from metrics_ext.series import QUANTILES, Recorder, _qname
+from metrics_ext.stats import LogHistogram
 
-__all__ = ["build_result", "ovms_statistics", "format_summary"]
+__all__ = ["build_result", "ovms_statistics", "format_summary", "summary_rows"]
 
 
 def _phase_bounds(rec: Recorder, stop: float) -> dict[str, tuple[float, float]]:
@@ -55,32 +56,85 @@ def _finite(value: object) -> object:
     return value
 
 
-def timeline(rec: Recorder) -> list[dict]:
+def timeline(rec: Recorder, users_at: dict[int, int] | None = None) -> list[dict]:
+    """One row per wall-clock second with completions: counts, p50/p90/p99, and the users running then."""
     rows = []
     for sec in sorted(rec.timeline):
         ok, bad, frames, hist = rec.timeline[sec]
         row = {"t": sec, "pass": ok, "fail": bad, "frames": frames}
         for q in (0.5, 0.9, 0.99):
             row[f"p{_qname(q)}"] = hist.quantile(q)
+        if users_at:
+            row["users"] = users_at.get(sec, _latest_before(users_at, sec))
         rows.append(row)
     return rows
 
 
+def _latest_before(users_at: dict[int, int], sec: int) -> int | None:
+    earlier = [t for t in users_at if t <= sec]
+    return users_at[max(earlier)] if earlier else None
+
+
+def by_batch(rec: Recorder, stop: float, users: int) -> list[dict]:
+    """The window split by batch size (runs over several batch sizes): rates, pass counts, latency."""
+    start, end = _phase_bounds(rec, stop)["window"]
+    rows = []
+    for bs in sorted(rec.by_batch):
+        s = rec.by_batch[bs].analyze(start, end, users)
+        rows.append({"batch_size": bs, "pass_batches": s["pass_batches"], "fail_batches": s["fail_batches"],
+                     "brutto_batch_rate": s["brutto_batch_rate"], "brutto_frame_rate": s["brutto_frame_rate"],
+                     "mean_latency": s["mean_latency"], "latency_p50": s["latency_p50"],
+                     "latency_p90": s["latency_p90"], "latency_p99": s["latency_p99"]})
+    return rows
+
+
+def by_users(rec: Recorder, stop: float, users_at: dict[int, int] | None) -> list[dict]:
+    """A run over several user counts (a ramp), split by the users running in each second: rates and quantiles.
+
+    Quantiles come from the merged per-second histograms of those seconds (exact to the histogram's
+    1 %, not an average of per-second quantiles); a rate counts only the part of a second inside the run.
+    """
+    if not users_at or len(set(users_at.values())) < 2:
+        return []
+    groups: dict[int, list] = {}
+    for sec in sorted(rec.timeline):
+        users = users_at.get(sec, _latest_before(users_at, sec))
+        if users is None:
+            continue
+        ok, bad, frames, hist = rec.timeline[sec]
+        cell = groups.setdefault(users, [0.0, 0, 0, 0, LogHistogram()])
+        cell[0] += max(0.0, min(sec + 1.0, stop) - max(float(sec), rec.phases.t0))
+        cell[1] += ok
+        cell[2] += bad
+        cell[3] += frames
+        cell[4].merge(hist)
+    rows = []
+    for users in sorted(groups):
+        covered, ok, bad, frames, hist = groups[users]
+        rows.append({"users": users, "seconds": covered, "pass_batches": ok, "fail_batches": bad,
+                     "pass_batch_rate": ok / covered if covered else 0.0,
+                     "fail_batch_rate": bad / covered if covered else 0.0,
+                     "latency_p50": hist.quantile(0.5), "latency_p99": hist.quantile(0.99)})
+    return rows
+
+
 def build_result(rec: Recorder, stop: float, users: int, submetrics: int, params: dict, report_warmup: bool = False,
-                 quantile_list: Sequence[float] | None = None, workers: dict | None = None) -> dict:
+                 quantile_list: Sequence[float] | None = None, workers: dict | None = None,
+                 users_at: dict[int, int] | None = None) -> dict:
     stats = ovms_statistics(rec, stop, users, submetrics, report_warmup, quantile_list)
-    return _finite({"statistics": stats, "timeline": timeline(rec), "parameters": params,
+    return _finite({"statistics": stats, "timeline": timeline(rec, users_at), "parameters": params,
                     "phases": {**rec.phases.to_dict(), "stop": stop}, "workers": workers or {},
-                    "quantiles_reported": list(QUANTILES)})
+                    "quantiles_reported": list(QUANTILES),
+                    "window_histogram": rec.series["window"].hdr.bins(),
+                    "by_batch": by_batch(rec, stop, users), "by_users": by_users(rec, stop, users_at)})
 
 
-def format_summary(stats: dict) -> str:
-    """A short human table: window and total side by side."""
+def summary_rows(stats: dict) -> list[tuple[str, str, str]]:
+    """The short human table, window and total side by side: the console summary and the web UI tab."""
     def ms(v: object) -> str:
         return "-" if v in (None, "") else f"{float(v) * 1000:.3f}"
 
-    rows = [("", "window", "total"),
-            ("duration s", f"{stats['window_total_duration']:.2f}", f"{stats['total_duration']:.2f}"),
+    rows = [("duration s", f"{stats['window_total_duration']:.2f}", f"{stats['total_duration']:.2f}"),
             ("requests (pass/fail)", f"{stats['window_pass_batches']}/{stats['window_fail_batches']}",
              f"{stats['pass_batches']}/{stats['fail_batches']}"),
             ("frames (pass/fail)", f"{stats['window_pass_frames']}/{stats['window_fail_frames']}",
@@ -88,11 +142,23 @@ def format_summary(stats: dict) -> str:
             ("brutto req/s", f"{stats['window_brutto_batch_rate']:.1f}", f"{stats['brutto_batch_rate']:.1f}"),
             ("brutto frames/s", f"{stats['window_brutto_frame_rate']:.1f}", f"{stats['brutto_frame_rate']:.1f}"),
             ("netto req/s", f"{stats['window_netto_batch_rate']:.1f}", f"{stats['netto_batch_rate']:.1f}"),
+            ("pass rate %", f"{stats['window_batch_passrate'] * 100:.2f}", f"{stats['batch_passrate'] * 100:.2f}"),
             ("latency mean ms", ms(stats["window_mean_latency"]), ms(stats["mean_latency"])),
-            ("latency stdev ms", ms(stats["window_stdev_latency"]), ms(stats["stdev_latency"]))]
+            ("latency stdev ms", ms(stats["window_stdev_latency"]), ms(stats["stdev_latency"])),
+            ("latency cv", f"{stats['window_cv_latency']:.3f}", f"{stats['cv_latency']:.3f}")]
     for q in QUANTILES:
         key = f"latency_p{_qname(q)}"
         rows.append((f"latency p{_qname(q).replace('_', '.')} ms", ms(stats[f"window_{key}"]), ms(stats[key])))
-    rows.append(("latency max ms", ms(stats["window_pass_max_latency"]), ms(stats["pass_max_latency"])))
+    rows.append(("latency max ms", ms(max(stats["window_pass_max_latency"], stats["window_fail_max_latency"])),
+                 ms(max(stats["pass_max_latency"], stats["fail_max_latency"]))))
+    window_errors, total_errors = stats.get("window_errors_by_status") or {}, stats.get("errors_by_status") or {}
+    for status in sorted(set(window_errors) | set(total_errors)):
+        rows.append((f"errors {status}", str(window_errors.get(status, 0)), str(total_errors.get(status, 0))))
+    return rows
+
+
+def format_summary(stats: dict) -> str:
+    """A short human table: window and total side by side."""
+    rows = [("", "window", "total"), *summary_rows(stats)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows)

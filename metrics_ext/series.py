@@ -188,6 +188,7 @@ class Recorder:
         self.factor, self.base = hist_factor, hist_base
         self.series = {name: self._new() for name in ("total", "warmup", "window")}
         self.timeline: dict[int, list] = {}   # second -> [pass, fail, frames, LogHistogram]
+        self.by_batch: dict[int, Series] = {}  # batch size -> the window's requests of that size
         self.last_done = 0.0                  # the latest completion time recorded
 
     def _new(self) -> Series:
@@ -200,6 +201,11 @@ class Recorder:
         phase = self.phases.of(done)
         if phase is not None:
             self.series[phase].record(ok, latency, frames, done, status)
+            if phase == "window":
+                per = self.by_batch.get(frames)
+                if per is None:
+                    per = self.by_batch[frames] = self._new()
+                per.record(ok, latency, frames, done, status)
         sec = int(done)
         cell = self.timeline.get(sec)
         if cell is None:
@@ -211,7 +217,8 @@ class Recorder:
     def snapshot(self) -> dict:
         return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base, "last": self.last_done,
                 "series": {k: s.to_dict() for k, s in self.series.items()},
-                "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()]}
+                "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()],
+                "by_batch": [[bs, s.to_dict()] for bs, s in self.by_batch.items()]}
 
     def merge_snapshot(self, snap: dict) -> None:
         self.last_done = max(self.last_done, snap.get("last", 0.0))
@@ -225,6 +232,11 @@ class Recorder:
             cell[1] += bad
             cell[2] += frames
             cell[3].merge(LogHistogram.from_dict(hist))
+        for bs, d in snap.get("by_batch", ()):
+            per = self.by_batch.get(bs)
+            if per is None:
+                per = self.by_batch[bs] = self._new()
+            per.merge(Series.from_dict(d, self.factor, self.base))
 
     @classmethod
     def merged(cls, snapshots: list[dict]) -> Recorder:

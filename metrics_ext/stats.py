@@ -117,6 +117,14 @@ class LogHistogram:
                 return min(max(middle, self.min), self.max)
         return self.max
 
+    def bins(self) -> list[list[float]]:
+        """The non-empty buckets in order, as ``[low_s, high_s, count]``: the histogram to plot."""
+        out = []
+        for k in sorted(self.buckets):
+            low = MIN_LATENCY_S * GAMMA ** k if k else 0.0
+            out.append([low, MIN_LATENCY_S * GAMMA ** (k + 1), self.buckets[k]])
+        return out
+
     def to_dict(self) -> dict:
         return {"b": [[k, c] for k, c in self.buckets.items()], "n": self.count,
                 "min": None if self.count == 0 else self.min, "max": self.max}

@@ -80,6 +80,36 @@ def list_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def db_load(args: argparse.Namespace) -> int:
+    """Store the document of a MongoDB dump (written when an export failed); print its _id."""
+    from metrics_ext.mongo import MongoAlreadyLoaded, MongoExportError, MongoInputError, load_dump
+
+    try:
+        ident = load_dump(Path(args.dump), args.db_endpoint or None, args.db_timeout)
+    except MongoAlreadyLoaded as exc:       # loading is idempotent: the document is there
+        print(f"ovms-bench: {exc}", file=sys.stderr)
+        print(exc.inserted_id)
+        return 0
+    except MongoInputError as exc:
+        print(f"ovms-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except MongoExportError as exc:
+        print(f"ovms-bench: error: {exc}", file=sys.stderr)
+        return 4
+    print(ident)
+    return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between 0 and 3600 (e.g. 5)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ovms-bench", description="Benchmark ML model servers on Locust.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_arguments(ls)
     ls.set_defaults(func=list_command, metadata_timeout="10")
+    dl = sub.add_parser("db-load", help="store in MongoDB the dump a failed MongoDB export left (*.mongo.json)")
+    dl.add_argument("dump", help="the dump file (MongoDB Extended JSON written by the export)")
+    dl.add_argument("--db_endpoint", default="", help="mongodb://host:database:collection or a MongoDB URI "
+                    "(mongodb://user:pw@host:port/database?collection=NAME); default: the dump's, unless it had "
+                    "a password")
+    dl.add_argument("--db_timeout", type=_seconds, default=5.0, help="seconds to wait for the server (default 5)")
+    dl.set_defaults(func=db_load)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
+import gevent
+import greenlet
 from grpc.experimental import gevent as grpc_gevent
 
 grpc_gevent.init_gevent()   # before any channel exists: every gRPC call then yields to other users
@@ -30,10 +33,35 @@ def _add_options(parser, **_kw) -> None:
     add_arguments(parser)
 
 
+def _install_sigint_handler() -> None:
+    """Ctrl-C (SIGINT) stops the run through Locust's own KeyboardInterrupt path, raised in the main greenlet.
+
+    Left to Python, the KeyboardInterrupt lands in whichever greenlet runs when the signal arrives,
+    often a user in the middle of a gRPC call under gevent; that can leave gRPC's poller wedged and
+    the shutdown hanging after the summary. Here the signal is taken by the gevent hub and the
+    exception is thrown into the main greenlet only, which is where Locust waits for it. A second
+    Ctrl-C while the results are being written is reported and ignored; SIGKILL still forces.
+    """
+    main, hub = greenlet.getcurrent(), gevent.get_hub()
+    if main is hub or main.parent is not None:      # not the main greenlet: leave the default alone
+        return
+    state = {"stopping": False}
+
+    def on_sigint() -> None:
+        if state["stopping"]:
+            sys.stderr.write("ovms: already stopping; the results are being written (SIGKILL forces)\n")
+            return
+        state["stopping"] = True
+        hub.loop.run_callback(main.throw, KeyboardInterrupt)
+
+    gevent.signal_handler(signal.SIGINT, on_sigint)
+
+
 @events.init.add_listener
 def _check_before_load(environment, **_kw) -> None:
     """Headless and --autostart runs fail fast, before any load: one line and exit code 2."""
     register_messages(environment)
+    _install_sigint_handler()
     parsed, runner = environment.parsed_options, environment.runner
     if parsed is not None and not isinstance(runner, WorkerRunner) and not environment.stop_timeout:
         # let users finish the request in flight when the test stops, so no request is cut off uncounted

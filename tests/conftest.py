@@ -164,3 +164,45 @@ def _no_locust_in_the_test_process():
     import sys
 
     assert "locust" not in sys.modules, "a test imported locust into the pytest process; run Locust as a subprocess"
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SecantusDB (a third-party MongoDB-wire server, from its own venv .venv-mongo) on a free loopback port with
+    in-memory storage; yields its ``host:port``. Outside CI a missing .venv-mongo skips (`make test` builds it)."""
+    import subprocess
+    import time
+
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    binary = Path(os.environ.get("SECANTUSD_BIN", Path(__file__).resolve().parent.parent / ".venv-mongo" / "bin"
+                                 / "secantusd-py"))
+    if not binary.exists():
+        if not os.environ.get("CI"):
+            pytest.skip(f"{binary} is missing: `make .venv-mongo/.installed` installs the MongoDB-wire server")
+        pytest.fail(f"{binary} is missing: run `make test`, which installs the MongoDB-wire server into .venv-mongo")
+    (port,) = _free_ports(1)
+    log_path = tmp_path_factory.mktemp("mongo") / "secantusd.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"secantusd exited: {log_path.read_text()[-2000:]}")
+            client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=500,
+                                         connectTimeoutMS=500)
+            try:
+                client.admin.command("ping")
+                break
+            except PyMongoError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"secantusd not ready in 60 s: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+            finally:
+                client.close()
+        yield f"127.0.0.1:{port}"
+    finally:
+        terminate(proc)

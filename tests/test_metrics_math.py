@@ -191,3 +191,36 @@ def test_first_latency_ties_do_not_depend_on_merge_order():
     ba = stats_of(Recorder.merged([b.snapshot(), a.snapshot()]))
     whole = stats_of(recorder_of([(True, 0.002, 1, 20.0), (True, 0.001, 1, 20.0)]))
     assert ab["first_latency"] == ba["first_latency"] == whole["first_latency"] == 0.001
+
+
+@given(samples, samples)
+@settings(max_examples=50)
+def test_batch_breakdown_and_histogram_merge_exactly(a, b):
+    from metrics_ext.result import build_result
+
+    merged = Recorder.merged([recorder_of(a).snapshot(), recorder_of(b).snapshot()])
+    doc = build_result(merged, 100.0, 1, 2, {}, users_at={0: 1, 30: 2})
+    window = [r for r in a + b if 10.0 <= r[3] < 60.0]
+    stats = doc["statistics"]
+    # the breakdown partitions the window: per batch size, every count adds up to the window's
+    assert sum(row["pass_batches"] for row in doc["by_batch"]) == stats["window_pass_batches"]
+    assert sum(row["fail_batches"] for row in doc["by_batch"]) == stats["window_fail_batches"]
+    for row in doc["by_batch"]:
+        mine = [r for r in window if r[2] == row["batch_size"]]
+        assert row["pass_batches"] + row["fail_batches"] == len(mine)
+        assert row["mean_latency"] == pytest.approx(sum(r[1] for r in mine) / len(mine))
+        assert row["brutto_frame_rate"] == pytest.approx(sum(r[2] for r in mine if r[0]) / 50.0)
+    # the histogram holds each window request once, in a bucket around its latency
+    assert sum(c for _, _, c in doc["window_histogram"]) == len(window)
+    for r in window:
+        assert any(lo <= r[1] < hi * 1.0000001 for lo, hi, _ in doc["window_histogram"])
+    # each second's row says how many users ran then (the latest count at or before it)
+    for row in doc["timeline"]:
+        assert row["users"] == (2 if row["t"] >= 30 else 1)
+    # the split by users partitions the run; its p99 is the merged histogram's, not a mean of per-second ones
+    for row in doc["by_users"]:
+        mine = [r for r in a + b if (r[3] >= 30) == (row["users"] == 2)]
+        assert row["pass_batches"] + row["fail_batches"] == len(mine)
+        exact = sorted(r[1] for r in mine)[max(0, math.ceil(0.99 * len(mine)) - 1)]
+        assert row["latency_p99"] == pytest.approx(exact, rel=0.01)
+    assert sum(row["pass_batches"] for row in doc["by_users"]) == stats["pass_batches"]
