@@ -60,6 +60,9 @@ _ARGS: tuple[tuple[str, Any, str], ...] = (
     ("db_timeout", "5", "seconds the MongoDB export may wait for the server (connect, select, write)"),
 )
 
+#: the OVMS client's short flags that Locust leaves free
+_SHORT = {"db_endpoint": "-Y", "db_metadata": "-y"}
+
 #: exit code of a run that broke a --check_* threshold (as locust-plugins' checks)
 THRESHOLD_EXIT_CODE = 3
 #: exit code of a run whose MongoDB export failed (the JSON result and a loadable dump are on disk)
@@ -74,7 +77,8 @@ def add_arguments(parser: Any) -> None:
             kwargs["action"] = "store_true"
         if locust:
             kwargs.update(env_var=f"LOCUST_{name.upper()}", include_in_web_ui=True)
-        parser.add_argument(f"--{name}", **kwargs)
+        flags = [f"--{name}"] + ([_SHORT[name]] if name in _SHORT else [])
+        parser.add_argument(*flags, **kwargs)
 
 
 class MetricsError(ValueError):

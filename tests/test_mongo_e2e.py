@@ -25,11 +25,11 @@ def test_a_local_run_stores_its_result_found_by_a_query(refserver, mongo_server,
     host, port = mongo_server.split(":")
     endpoint = f"mongodb://{host}:{port}/bench?collection=e2e_local"
     result = run_locust(refserver.grpc_address, "--api", "kfs", "--model_name", "dummy", "--result_file", str(out),
-                        "--db_endpoint", endpoint, "--db_metadata", "team:inference 'note:two words'", "--ovms_json",
+                        "-Y", endpoint, "-y", "team:inference 'note:two words'", "--ovms_json",
                         "--ovms_id", "mongo7", users=2, run_time="2s")
     assert result.returncode == 0, result.stderr[-2000:]
     doc_json = json.loads(out.read_text())
-    # the OVMS client's DB-ID line names the stored document
+    # the OVMS client's short flags -Y/-y work; its DB-ID line names the stored document
     line = next(x for x in result.stdout.splitlines() if x.startswith("JSON-OUTPUT:###mongo7###DB-ID###"))
     ident = json.loads(line.split("###", 3)[3])["_id"]
     (doc,) = _find(mongo_server, "bench", "e2e_local", team="inference")
