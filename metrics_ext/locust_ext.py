@@ -25,7 +25,7 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
 from metrics_ext.mongo import mask_uri  # regular expressions only: pymongo is imported by an export
-from metrics_ext.result import build_result, format_summary
+from metrics_ext.result import build_result, format_summary, ovms_statistics
 from metrics_ext.series import Phases, Recorder
 from metrics_ext.webui import install_web_ui
 
@@ -35,6 +35,8 @@ log = logging.getLogger("metrics_ext")
 PHASES_MESSAGE, FINAL_MESSAGE, REPORT_KEY = "ovms_metrics_phases", "ovms_metrics_final", "ovms_metrics"
 SERVER_KEY = "ovms_server"
 FINALS_TIMEOUT_S = 5.0
+#: seconds a live view of the statistics is reused (several browsers poll every 2 s)
+LIVE_CACHE_S = 1.0
 #: the OVMS client's version this suite's output corresponds to (its ``client_version`` in MongoDB documents)
 CLIENT_VERSION = "2.7"
 
@@ -186,6 +188,7 @@ class MetricsExtension:
         self.users_at: dict[int, int] = {}     # wall-clock second -> users running (master or local)
         self._waiter: gevent.Greenlet | None = None
         self._sampler: gevent.Greenlet | None = None
+        self._live: tuple[float, dict] | None = None   # (monotonic time, statistics) of the last live view
 
     # ------------------------------------------------------------------------------ wiring
     def install(self, environment: Any) -> None:
@@ -205,6 +208,7 @@ class MetricsExtension:
         self.snapshots.clear()
         self.finals.clear()
         self.exported, self.result, self.stop_time, self.peak_users = False, None, None, 0
+        self._live = None
         if isinstance(runner, WorkerRunner):
             self.recorder = None   # the master's phases message sets it
             return
@@ -295,12 +299,18 @@ class MetricsExtension:
         if self.recorder is not None:
             self.recorder = self._new_recorder(Phases(time.time(), self.settings["warmup"], self.settings["window"]))
         self.snapshots.clear()
+        self._live = None
 
     # ------------------------------------------------------------------------------- export
-    def merged(self) -> tuple[Recorder, dict]:
-        """The merged recorder, and what it is made of (which worker sent a final, which only a report)."""
+    def merged(self, series_only: bool = False) -> tuple[Recorder, dict]:
+        """The merged recorder, and what it is made of (which worker sent a final, which only a report).
+
+        ``series_only``: the phases' statistics without the timeline and breakdowns, for the live view.
+        """
         assert self.recorder is not None
         if not isinstance(self.environment.runner, MasterRunner):
+            if series_only:   # read in place: nothing runs between here and the statistics (one greenlet)
+                return self.recorder, {"local": "final"}
             return Recorder.merged([self.recorder.snapshot()]), {"local": "final"}
         parts, workers = [], {}
         for client in sorted(self.expected | set(self.snapshots) | set(self.finals)):
@@ -314,7 +324,7 @@ class MetricsExtension:
                 workers[client] = "missing: no data received"
         if not parts:
             parts = [self.recorder.snapshot()]
-        return Recorder.merged(parts), workers
+        return Recorder.merged(parts, series_only), workers
 
     def _compose(self, stop_time: float | None, live: bool = False) -> dict:
         """The result document from the merged measurements, the test taken as ending at ``stop_time`` (or now).
@@ -323,12 +333,7 @@ class MetricsExtension:
         report every few seconds, and rates over a span longer than the data would read low.
         """
         rec, workers = self.merged()
-        if stop_time is None and live and rec.last_done > rec.phases.t0:
-            stop_time = rec.last_done
-        # the test's end: when it was stopped, or later if requests in flight then completed after it
-        stop = max(stop_time or time.time(), rec.last_done)
-        runner = self.environment.runner
-        users = max(self.peak_users, getattr(runner, "target_user_count", 0) or 0, 1)
+        stop, users = self._stop_of(rec, stop_time, live), self._users()
         options = {k: v for k, v in vars(self.environment.parsed_options or {}).items()
                    if isinstance(v, (str, int, float, bool, type(None), list))}
         if options.get("db_endpoint"):
@@ -337,7 +342,7 @@ class MetricsExtension:
             options["web_auth"] = "***"
         params = {"options": options, "host": self.environment.host, "users": users, "client": _client_identity(),
                   "server": getattr(self.environment, "ovms_server", None)}
-        submetrics = sum(1 for state in workers.values() if not state.startswith("missing: no data")) or 1
+        submetrics = self._submetrics(workers)
         result = build_result(rec, stop, users, submetrics, params, self.settings["report_warmup"],
                               self.settings["quantile_list"], workers, self.users_at)
         result["thresholds"] = {"checks": self.settings["checks"],
@@ -355,8 +360,34 @@ class MetricsExtension:
         return result
 
     def live_statistics(self) -> dict | None:
-        result = self.live_result()
-        return None if result is None else result["statistics"]
+        """The statistics so far (the web UI's tab polls this): the phases only, at most once per LIVE_CACHE_S."""
+        if self.exported and self.result is not None:
+            return self.result["statistics"]
+        if self.recorder is None or self.environment is None:
+            return None
+        now = time.monotonic()
+        if self._live is not None and now - self._live[0] < LIVE_CACHE_S:
+            return self._live[1]
+        rec, workers = self.merged(series_only=True)
+        stats = ovms_statistics(rec, self._stop_of(rec, self.stop_time, live=True), self._users(),
+                                self._submetrics(workers), self.settings["report_warmup"],
+                                self.settings["quantile_list"])
+        self._live = (now, stats)
+        return stats
+
+    @staticmethod
+    def _stop_of(rec: Recorder, stop_time: float | None, live: bool) -> float:
+        if stop_time is None and live and rec.last_done > rec.phases.t0:
+            stop_time = rec.last_done
+        # the test's end: when it was stopped, or later if requests in flight then completed after it
+        return max(stop_time or time.time(), rec.last_done)
+
+    def _users(self) -> int:
+        return max(self.peak_users, getattr(self.environment.runner, "target_user_count", 0) or 0, 1)
+
+    @staticmethod
+    def _submetrics(workers: dict) -> int:
+        return sum(1 for state in workers.values() if not state.startswith("missing: no data")) or 1
 
     def export(self) -> dict | None:
         if self.exported or self.recorder is None:

@@ -220,10 +220,12 @@ class Recorder:
                 "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()],
                 "by_batch": [[bs, s.to_dict()] for bs, s in self.by_batch.items()]}
 
-    def merge_snapshot(self, snap: dict) -> None:
+    def merge_snapshot(self, snap: dict, series_only: bool = False) -> None:
         self.last_done = max(self.last_done, snap.get("last", 0.0))
         for name, d in snap["series"].items():
             self.series[name].merge(Series.from_dict(d, self.factor, self.base))
+        if series_only:   # the phases' statistics only (a live view): the timeline costs most of a merge
+            return
         for sec, ok, bad, frames, hist in snap["timeline"]:
             cell = self.timeline.get(sec)
             if cell is None:
@@ -239,9 +241,9 @@ class Recorder:
             per.merge(Series.from_dict(d, self.factor, self.base))
 
     @classmethod
-    def merged(cls, snapshots: list[dict]) -> Recorder:
+    def merged(cls, snapshots: list[dict], series_only: bool = False) -> Recorder:
         first = snapshots[0]
         rec = cls(Phases.from_dict(first["phases"]), first["factor"], first["base"])
         for snap in snapshots:
-            rec.merge_snapshot(snap)
+            rec.merge_snapshot(snap, series_only)
         return rec
