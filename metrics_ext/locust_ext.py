@@ -54,6 +54,10 @@ _ARGS: tuple[tuple[str, Any, str], ...] = (
     ("check_fail_ratio", "", "threshold: exit code 3 if the window's failed share of requests is above this (0-1)"),
     ("check_p99_ms", "", "threshold: exit code 3 if the window's p99 latency is above this many milliseconds"),
     ("check_rps", "", "threshold: exit code 3 if the window's brutto requests/s is below this"),
+    ("print_summary", False, "print the OVMS client's -ps summary (parameters, durations, batches, window latency "
+                              "mean, stdev, p50/p90/p95, total rates)"),
+    ("status_line", "auto", "a live one-line status on stderr (elapsed, requests, rate, errors): auto (on a "
+                            "terminal only), on, off"),
     ("report_file", "", "also write the self-contained HTML report (plots, summary) here at the end of each test"),
     ("db_endpoint", "", "MongoDB to store the result in at the end: mongodb://host:database:collection (the OVMS "
                         "client's form) or a MongoDB URI mongodb://user:pw@host:port/database?collection=NAME&tls=true"),
@@ -133,10 +137,51 @@ def read_settings(opts: Any) -> dict:
             "print_all": bool(getattr(opts, "print_all", False)),
             "ovms_id": str(getattr(opts, "ovms_id", "worker") or "worker"),
             "report_file": str(getattr(opts, "report_file", "") or ""),
+            "print_summary": bool(getattr(opts, "print_summary", False)),
+            "status_line": _status_mode(opts),
             "db_endpoint": endpoint, "db_metadata": metadata_items,
             "db_timeout": _number(opts, "db_timeout", 5.0, 0.1),
             "checks": {name: _number(opts, name, 0.0) for name in ("check_fail_ratio", "check_p99_ms", "check_rps")
                        if str(getattr(opts, name, "") or "").strip()}}
+
+
+def _status_mode(opts: Any) -> bool:
+    mode = str(getattr(opts, "status_line", "auto") or "auto").strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise MetricsError(f"--status_line: {mode!r}: use auto, on or off")
+    return mode == "on" or (mode == "auto" and sys.stderr.isatty())
+
+
+def print_summary(stats: dict, params: dict) -> str:
+    """The OVMS client's -ps block, from the same statistics (its quantiles are the HDR ones: never missing)."""
+    opts = params.get("options") or {}
+
+    def ms(key: str) -> str:
+        return f"{stats[key] * 1000:.3f} ms"
+
+    window = opts.get("window") or "to the end"
+    lines = ["Benchmark Parameters:",
+             f"  model: {opts.get('model_name') or '-'}" + (f" (version {opts['model_version']})"
+                                                          if opts.get("model_version") else ""),
+             f"  shape: {opts.get('shape') or 'from the model'}",
+             f"  batch sizes: {opts.get('bs') or 'from the model'}",
+             f"  concurrency: {params.get('users')} users in {stats['submetrics']} process(es)",
+             f"  duration: {opts.get('run_time') or '-'} s, warmup: {opts.get('warmup') or 0} s, window: {window}",
+             "Benchmark Summary:",
+             f"  total duration: {stats['total_duration']:.3f} s",
+             f"  window duration: {stats['window_total_duration']:.3f} s",
+             f"  total batches: {stats['total_batches']}",
+             f"  window batches: {stats['window_total_batches']}",
+             f"  window mean latency: {ms('window_mean_latency')}",
+             f"  window stdev latency: {ms('window_stdev_latency')}",
+             f"  window p50 latency: {ms('window_latency_p50')}",
+             f"  window p90 latency: {ms('window_latency_p90')}",
+             f"  window p95 latency: {ms('window_latency_p95')}",
+             f"  brutto frame rate: {stats['brutto_frame_rate']:.2f} frames/s",
+             f"  netto frame rate: {stats['netto_frame_rate']:.2f} frames/s",
+             f"  brutto batch rate: {stats['brutto_batch_rate']:.2f} batches/s",
+             f"  netto batch rate: {stats['netto_batch_rate']:.2f} batches/s"]
+    return "\n".join(lines)
 
 
 def broken_thresholds(stats: dict, checks: dict) -> list[str]:
@@ -189,6 +234,7 @@ class MetricsExtension:
         self._waiter: gevent.Greenlet | None = None
         self._sampler: gevent.Greenlet | None = None
         self._live: tuple[float, dict] | None = None   # (monotonic time, statistics) of the last live view
+        self._status: gevent.Greenlet | None = None
 
     # ------------------------------------------------------------------------------ wiring
     def install(self, environment: Any) -> None:
@@ -218,9 +264,27 @@ class MetricsExtension:
         if self._sampler is not None:
             self._sampler.kill(block=False)
         self._sampler = gevent.spawn(self._sample_users, runner)
+        if self.settings["status_line"]:
+            self._status = gevent.spawn(self._status_line, phases.t0)
         if isinstance(runner, MasterRunner):
             self.expected = set(runner.clients.keys())
             runner.send_message(PHASES_MESSAGE, {**phases.to_dict(), "settings": self.settings})
+
+    def _status_line(self, t0: float) -> None:
+        """Once a second while the test runs: elapsed, requests, rate and errors, on one rewritten stderr line."""
+        try:
+            while self.stop_time is None:
+                gevent.sleep(1.0)
+                stats = self.live_statistics()
+                if stats is None or self.stop_time is not None:
+                    continue
+                elapsed = time.time() - t0
+                sys.stderr.write(f"\r\x1b[K[ovms] {elapsed:6.0f} s  {stats['total_batches']:>9} requests  "
+                                 f"{stats['brutto_batch_rate']:9.1f} req/s  {stats['fail_batches']} errors")
+                sys.stderr.flush()
+        finally:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
     def _sample_users(self, runner: Any) -> None:
         """The user count once a second while the test runs (the timeline's ``users`` column)."""
@@ -268,6 +332,9 @@ class MetricsExtension:
         if self._sampler is not None:
             self._sampler.kill(block=False)
             self._sampler = None
+        if self._status is not None:
+            self._status.kill(block=True, timeout=1)
+            self._status = None
         if isinstance(runner, WorkerRunner):
             if self.recorder is not None:
                 runner.send_message(FINAL_MESSAGE, self.recorder.snapshot())
@@ -413,6 +480,8 @@ class MetricsExtension:
             for key, value in stats.items():
                 print(f"{ident}: {key}: {value}")
             sys.stdout.flush()
+        if self.settings["print_summary"]:
+            print(print_summary(stats, self.result["parameters"]), flush=True)
         self._write_report(self.result)
         self._export_db(self.result)
         return self.result

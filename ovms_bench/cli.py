@@ -1,7 +1,7 @@
 """``ovms-bench``: the suite's command line.
 
-Subcommands come first (``ovms-bench demo``); the OVMS benchmark client's own flags come with a
-later issue.
+Subcommands (``demo``, ``list``, ``sweep``, ``compare``, ``db-load``) come first; anything else is the
+OVMS benchmark client's own command line (``ovms_bench.client``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from ovms_bench.compare import add_compare_parser
+from ovms_bench.sweep import add_sweep_parser
 from ovms_users.errors import OvmsUserError
 from ovms_users.listing import describe_model, format_listing, list_models
 from ovms_users.options import BenchOptions, add_arguments
@@ -110,7 +112,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+SUBCOMMANDS = ("demo", "list", "sweep", "compare", "db-load")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in SUBCOMMANDS:   # the OVMS benchmark client's own command line
+        from ovms_bench.client import run_client
+        return run_client(argv)
     parser = argparse.ArgumentParser(prog="ovms-bench", description="Benchmark ML model servers on Locust.")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="start the reference server and benchmark it over both gRPC APIs")
@@ -122,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_arguments(ls)
     ls.set_defaults(func=list_command, metadata_timeout="10")
+    add_sweep_parser(sub)
+    add_compare_parser(sub)
     dl = sub.add_parser("db-load", help="store in MongoDB the dump a failed MongoDB export left (*.mongo.json)")
     dl.add_argument("dump", help="the dump file (MongoDB Extended JSON written by the export)")
     dl.add_argument("--db_endpoint", default="", help="mongodb://host:database:collection or a MongoDB URI "

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
 import signal
 import sys
 
@@ -31,6 +33,37 @@ DEFAULT_STOP_TIMEOUT = 10.0
 @events.init_command_line_parser.add_listener
 def _add_options(parser, **_kw) -> None:
     add_arguments(parser)
+    parser.add_argument("--plain_log", action="store_true", default=False, include_in_web_ui=False,
+                        help="log the suite's lines as the OVMS client did (the text only, on stderr), not in "
+                             "Locust's log format")
+    parser.add_argument("--print_time", action="store_true", default=False, include_in_web_ui=False,
+                        help="prefix the suite's log lines with the time, [HH:MM:SS.ffffff] (the OVMS client's "
+                             "--print_time)")
+
+
+class _TimeFormatter(logging.Formatter):
+    def __init__(self, with_time: bool) -> None:
+        super().__init__("%(message)s")
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.with_time:
+            return datetime.datetime.fromtimestamp(record.created).strftime("[%H:%M:%S.%f] ") + text
+        return text
+
+
+def _setup_plain_log(parsed) -> None:
+    """--plain_log / --print_time: the suite's loggers write their text (optionally timed) to stderr themselves."""
+    if parsed is None or not (getattr(parsed, "plain_log", False) or getattr(parsed, "print_time", False)):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TimeFormatter(bool(getattr(parsed, "print_time", False))))
+    for name in ("ovms_users", "metrics_ext"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
 
 
 def _install_sigint_handler() -> None:
@@ -62,6 +95,7 @@ def _check_before_load(environment, **_kw) -> None:
     """Headless and --autostart runs fail fast, before any load: one line and exit code 2."""
     register_messages(environment)
     _install_sigint_handler()
+    _setup_plain_log(environment.parsed_options)
     parsed, runner = environment.parsed_options, environment.runner
     if parsed is not None and not isinstance(runner, WorkerRunner) and not environment.stop_timeout:
         # let users finish the request in flight when the test stops, so no request is cut off uncounted
@@ -86,3 +120,7 @@ def _check_before_load(environment, **_kw) -> None:
 @events.test_start.add_listener
 def _new_run(environment, **_kw) -> None:
     CACHE.reset_run()
+    runner, parsed = environment.runner, environment.parsed_options
+    if parsed is not None and not isinstance(runner, WorkerRunner):
+        # the test's user count, for --max_throughput's share per user: custom options travel to the workers
+        parsed.ovms_users_total = getattr(runner, "target_user_count", None) or getattr(parsed, "num_users", 1)

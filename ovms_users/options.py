@@ -60,6 +60,8 @@ _ARGS: tuple[tuple[str, str, str], ...] = (
     ("error_limit", "0", "stop the test once a load process has seen more than this many failed requests; "
                          "0 = no limit"),
     ("error_exposition", "10", "print the first N failed requests in full; 0 = every one"),
+    ("max_throughput", "", "rate limit: frames per second for the whole test, shared equally by its users (each "
+                           "paced to a schedule, so a slow reply is not made up by a burst); default: no limit"),
 )
 
 
@@ -201,6 +203,7 @@ class BenchOptions:
     kfs_data: str = "auto"
     error_limit: int = 0
     error_exposition: int = 10
+    max_throughput: float | None = None
 
     @property
     def stateful(self) -> bool:
@@ -254,4 +257,6 @@ class BenchOptions:
             error_limit=_int("error_limit", get("error_limit") or "0"),
             error_exposition=_int("error_exposition", get("error_exposition") if get("error_exposition") is not None
                                   else "10"),
+            max_throughput=_float("max_throughput", get("max_throughput"), positive=True)
+            if get("max_throughput") else None,
         )

@@ -126,6 +126,7 @@ class InferenceMixin:
         # requests this user may still send under --steps_number; None: no limit; then idle once it is 0
         self._left: int | None = w.options.steps_number or None
         self._idle = False
+        self._due = 0.0   # --max_throughput: when this user's next request is due (perf_counter seconds)
         if self._left:
             w.active_users += 1
             runner = self.environment.runner
@@ -152,7 +153,25 @@ class InferenceMixin:
             body, headers = w.requests[i]
         else:
             body, headers = w.protocol.request(w.encoded[i], self.sequence.next_fragment())
+        if w.options.max_throughput:
+            self._pace(w.batch[i], w.options.max_throughput)
         self._send(body, headers, w.batch[i])
+
+    def _pace(self, frames: int, max_throughput: float) -> None:
+        """Wait for this request's slot: each user sends ``max_throughput / users`` frames/s on a schedule.
+
+        The original slept after each reply; a schedule keeps the rate when replies vary, and one that
+        fell behind by more than a request restarts from now instead of bursting to catch up.
+        """
+        parsed = self.environment.parsed_options
+        users = getattr(parsed, "ovms_users_total", None) or getattr(self.environment.runner, "target_user_count", 1)
+        now = time.perf_counter()
+        interval = frames * max(int(users or 1), 1) / max_throughput
+        if self._due < now - interval:
+            self._due = now
+        if self._due > now:
+            gevent.sleep(self._due - now)
+        self._due += interval
 
     tasks = [infer]   # a plain mixin: Locust collects `tasks` from the bases, not @task methods
 
