@@ -323,3 +323,26 @@ def test_compare_is_a_subcommand(tmp_path):
     out = bench("compare", str(sample), str(sample), "--max_regression", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "brutto req/s" in out.stdout and "+0.00%" in out.stdout
+
+
+def test_web_opens_the_ui_with_the_flags_in_the_form(refserver, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(BENCH + [*addr(refserver), "-m", "resnet_dyn", "-b", "1", "4", "--web",
+                                     f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline, page = time.monotonic() + 30, None
+        while page is None and time.monotonic() < deadline:
+            try:
+                page = requests.get(f"http://127.0.0.1:{port}/", timeout=2).text
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert page is not None, "the web UI did not answer"
+        args = json.loads(re.search(r"window\.templateArgs = (\{.*?\})\s*</script>", page, re.S).group(1)) \
+            if "window.templateArgs" in page else {}
+        extra = args.get("extra_options") or {}
+        assert extra["model_name"]["default_value"] == "resnet_dyn" and extra["bs"]["default_value"] == "1 4"
+        assert args["host"] == refserver.grpc_address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
