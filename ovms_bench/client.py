@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-q", "--stateful_length", type=_NONNEG_INT, help="requests per stateful sequence (0: off)")
     o.add_argument("--stateful_id", type=_POS_INT, help="first sequence id (default 1)")
     o.add_argument("--stateful_hop", type=_NONNEG_INT, help="id increment between a user's sequences")
-    o.add_argument("--sync_interval", type=_POS_FLOAT, help="accepted for scripts; Locust's workers report every "
-                                                             "3 s on their own, nothing polls (no effect)")
+    o.add_argument("--sync_interval", type=_number(float, 0.05, 600, what="seconds between 0.05 and 600"),
+                   help="seconds between the load processes' reports to the master (default 3): how fresh the "
+                        "live numbers are")
     o.add_argument("--quantile_list", nargs="*", type=_quantile, help="window quantiles for the qos_* keys")
     o.add_argument("--hist_factor", type=_POS_FLOAT, help="OVMS histogram scale (default 100)")
     o.add_argument("--hist_base", type=_POS_FLOAT, help="OVMS histogram exponent (default 1.5)")
@@ -217,7 +218,7 @@ def _suite_options(a: argparse.Namespace) -> list[str]:
              "stateful_hop": a.stateful_hop, "hist_factor": a.hist_factor, "hist_base": a.hist_base,
              "db_endpoint": a.db_endpoint, "result_file": a.result_file, "report_file": a.report_file,
              "seed": a.seed, "check_fail_ratio": a.check_fail_ratio, "check_p99_ms": a.check_p99_ms,
-             "check_rps": a.check_rps, "status_line": a.status_line,
+             "check_rps": a.check_rps, "status_line": a.status_line, "report_interval": a.sync_interval,
              "warmup": a.warmup or None, "window": a.window}
     for name, value in pairs.items():
         if value is not None:
@@ -247,7 +248,9 @@ def locust_command(a: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--skip-log-setup"]
     if a.worker:
         host, _, port = a.worker.rpartition(":")
-        return cmd + ["--worker", "--master-host", host or "127.0.0.1", "--master-port", port or "5557", *a.locust]
+        interval = ["--report_interval", f"{a.sync_interval:g}"] if a.sync_interval else []
+        return cmd + ["--worker", "--master-host", host or "127.0.0.1", "--master-port", port or "5557", *interval,
+                      *a.locust]
     cmd += ["--host", _host(a)]
     if a.web:
         web_host, _, web_port = a.web.rpartition(":")

@@ -17,6 +17,7 @@ from grpc.experimental import gevent as grpc_gevent
 grpc_gevent.init_gevent()   # before any channel exists: every gRPC call then yields to other users
 
 from locust import events  # noqa: E402
+from locust import runners as locust_runners  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
 from ovms_users.errors import OvmsUserError  # noqa: E402
@@ -36,6 +37,9 @@ def _add_options(parser, **_kw) -> None:
     parser.add_argument("--plain_log", action="store_true", default=False, include_in_web_ui=False,
                         help="log the suite's lines as the OVMS client did (the text only, on stderr), not in "
                              "Locust's log format")
+    parser.add_argument("--report_interval", default="", include_in_web_ui=False, env_var="LOCUST_REPORT_INTERVAL",
+                        help="seconds between a worker's reports to the master (Locust's 3 s by default; the OVMS "
+                             "client's --sync_interval): how fresh the master's live numbers are")
     parser.add_argument("--print_time", action="store_true", default=False, include_in_web_ui=False,
                         help="prefix the suite's log lines with the time, [HH:MM:SS.ffffff] (the OVMS client's "
                              "--print_time)")
@@ -90,12 +94,28 @@ def _install_sigint_handler() -> None:
     gevent.signal_handler(signal.SIGINT, on_sigint)
 
 
+def _set_report_interval(parsed) -> None:
+    """--report_interval: how often this process, as a worker, sends its report (read by Locust at each report)."""
+    text = str(getattr(parsed, "report_interval", "") or "").strip()
+    if not text:
+        return
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.05 <= value <= 600:
+        sys.stderr.write(f"ovms: error: --report_interval: {text!r}: give seconds between 0.05 and 600\n")
+        sys.exit(2)
+    locust_runners.WORKER_REPORT_INTERVAL = value
+
+
 @events.init.add_listener
 def _check_before_load(environment, **_kw) -> None:
     """Headless and --autostart runs fail fast, before any load: one line and exit code 2."""
     register_messages(environment)
     _install_sigint_handler()
     _setup_plain_log(environment.parsed_options)
+    _set_report_interval(environment.parsed_options)
     parsed, runner = environment.parsed_options, environment.runner
     if parsed is not None and not isinstance(runner, WorkerRunner) and not environment.stop_timeout:
         # let users finish the request in flight when the test stops, so no request is cut off uncounted

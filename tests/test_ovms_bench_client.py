@@ -186,7 +186,7 @@ def test_max_throughput_and_value_range(odd_server, tmp_path):
 
 def test_stateful_sequences(refserver, tmp_path):
     out = bench(*addr(refserver), "-m", "stateful", "-q", "4", "--stateful_id", "70", "--stateful_hop", "5", "-n",
-                "8", "--sync_interval", "2", cwd=tmp_path)
+                "8", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert stats_of(tmp_path)["pass_batches"] == 8
     # without -q the stateful model refuses requests that carry no sequence
@@ -346,3 +346,92 @@ def test_web_opens_the_ui_with_the_flags_in_the_form(refserver, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ------------------------------------------- options whose effect is in the data the users build
+def suite_options(*argv: str) -> dict:
+    """The suite's options that ``ovms-bench ARGV`` hands to Locust, as the users parse them."""
+    from ovms_bench.client import build_parser, locust_command
+
+    cmd = locust_command(build_parser().parse_args(list(argv)))
+    tokens, values = cmd[cmd.index("--api"):], {}
+    while tokens:
+        name = tokens.pop(0)[2:]
+        values[name] = tokens.pop(0) if tokens and not tokens[0].startswith("--") else True
+    return values
+
+
+def test_value_range_xrand_and_sequence_ids_reach_the_data():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ovms_users.dataset import build_dataset
+    from ovms_users.options import BenchOptions
+    from ovms_users.workload import SequenceIds
+    from ovms_wire.dtypes import by_name
+    from ovms_wire.spec import ModelSpec, TensorSpec
+
+    base = ["-a", "h", "-p", "9", "-n", "1"]
+    tensor = ModelSpec("m", 1, (TensorSpec("x", by_name("FP32"), (-1, 64)),), (TensorSpec("y", by_name("FP32"),
+                                                                                        (-1, 64)),))
+    opts = BenchOptions.parse(suite_options(*base, "-m", "m", "--min_value", "5", "--max_value", "6", "-b", "3"))
+    values = np.concatenate([e.inputs["x"][1].ravel() for e in build_dataset(tensor, opts)])
+    assert values.min() >= 5 and values.max() <= 6 and values.std() > 0.1
+
+    image = ModelSpec("img", 1, (TensorSpec("image", by_name("UINT8"), (-1, 32, 48, 3)),),
+                      (TensorSpec("out", by_name("FP32"), (-1, 1)),))
+    colours = {}
+    for xrand in (2, 40):
+        opts = BenchOptions.parse(suite_options(*base, "-m", "img", "-d", "png-xrandom", "--xrand", str(xrand),
+                                                "--seed", "4"))
+        (blob,) = build_dataset(image, opts)[0].inputs["image"][1].ravel()
+        pixels = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).reshape(-1, 3)
+        colours[xrand] = len({tuple(p) for p in pixels})
+    assert colours[2] <= 2 < colours[40]          # one colour per Voronoi seed point
+
+    opts = BenchOptions.parse(suite_options(*base, "-m", "stateful", "-q", "4", "--stateful_id", "70",
+                                            "--stateful_hop", "5"))
+    assert opts.stateful_length == 4
+    _, first, hop = SequenceIds(opts.stateful_id, opts.stateful_hop, 0).for_new_user()
+    assert [SequenceIds.nth(first, hop, k) for k in range(3)] == [70, 75, 80]
+
+
+def test_sync_interval_sets_how_fresh_the_masters_live_numbers_are(refserver, tmp_path):
+    def status_counts(interval: str) -> list[int]:
+        out = bench(*addr(refserver), "-m", "dummy", "-t", "3", "--processes", "1", "--status_line", "on",
+                    "--sync_interval", interval, cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert stats_of(tmp_path)["total_batches"] > 100     # the final snapshot carries everything anyway
+        return [int(n) for n in re.findall(r"\[ovms\]\s+\d+ s\s+(\d+) requests", out.stderr)]
+
+    fresh = status_counts("0.5")    # the load process reports twice a second: the master's status line moves
+    assert fresh and max(fresh) > 0
+    stale = status_counts("30")     # no report within the 3 s test: the master sees nothing until the final one
+    assert stale and max(stale) == 0
+
+
+def test_status_line_by_default_on_a_terminal(refserver, tmp_path):
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(BENCH + [*addr(refserver), "-m", "dummy", "-t", "3"], stdout=subprocess.DEVNULL,
+                            stderr=follower, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(follower)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:      # the terminal closed: the process ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+        assert proc.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert re.search(r"\[ovms\]\s+\d+ s\s+[1-9]\d* requests", text)   # the live line, rewritten in place
+    assert text.rstrip().endswith("\x1b[K") or "\r\x1b[K" in text          # and cleared at the end
