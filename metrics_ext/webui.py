@@ -66,21 +66,21 @@ def install_web_ui(environment: Any, extension: Any) -> None:
     def _stats() -> Any:
         return Response(json.dumps(extension.live_statistics()), mimetype="application/json")
 
-    @app.route("/ovms/result.json")
-    @auth
-    def _result() -> Any:
+    def download(body: Any, mimetype: str, filename: str) -> Any:
+        """The result's rendering as an attachment, or 404 before the first test."""
         result = extension.live_result()
         if result is None:
             return Response("no test has run yet\n", status=404, mimetype="text/plain")
-        return Response(json.dumps(result, indent=1), mimetype="application/json",
-                        headers={"Content-Disposition": "attachment; filename=ovms-result.json"})
+        return Response(body(result), mimetype=mimetype, headers={"Content-Disposition":
+                                                                  f"attachment; filename={filename}"})
+
+    @app.route("/ovms/result.json")
+    @auth
+    def _result() -> Any:
+        return download(lambda result: json.dumps(result, indent=1), "application/json", "ovms-result.json")
 
     @app.route("/ovms/report.html")
     @auth
     def _report() -> Any:
-        result = extension.live_result()
-        if result is None:
-            return Response("no test has run yet\n", status=404, mimetype="text/plain")
         from metrics_ext.report import render_report
-        return Response(render_report(result), mimetype="text/html",
-                        headers={"Content-Disposition": "attachment; filename=ovms-report.html"})
+        return download(render_report, "text/html", "ovms-report.html")

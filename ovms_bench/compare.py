@@ -342,15 +342,9 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ovms_bench.compare BASE.json NEW.json``: the subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="ovms-bench", description="Compare two ovms-bench JSON results.")
-    sub = parser.add_subparsers(dest="command")
-    add_compare_parser(sub)
-    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except BrokenPipeError:   # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
+    from ovms_bench.cli import main as cli_main
+
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
