@@ -11,9 +11,10 @@ the same server in the same run:
 Small: a [1,4] FP32 tensor (model `dynamic`); large: [1,3,224,224] FP32, 602 KB (model `resnet`).
 Client CPU per request is marginal: the user+system time of a run (wait4 on that child) minus that
 of a 1 s run of the same client, divided by the difference in completed requests, so start-up and
-one-time preparation do not count. Each cell runs --repeats times; the table shows medians, and
-ratios against h2load and against the plain client. A last table compares the mean latency at
-concurrency 1 (h2load -c1 -m1 against one user of the suite).
+one-time preparation do not count; peak RSS is the client's VmHWM, read every 50 ms. Each cell runs
+--repeats times; the table shows medians, and ratios against h2load and against the plain client.
+A last table compares the mean latency at concurrency 1 (h2load -c1 -m1 against one user of the
+suite).
 
     python bench/grpc_clients.py [--duration 8] [--repeats 3] [--out bench/grpc_clients.md]
 
@@ -51,8 +52,9 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 180) -> 
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(["taskset", "-c", "1", *cmd], stdout=out, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + timeout
+        deadline, peak = time.monotonic() + timeout, 0.0
         while True:
+            peak = max(peak, _high_water_mb(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -65,7 +67,20 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 180) -> 
         text = out.read()
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {text[-2000:]}")
-    return text, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return text, usage.ru_utime + usage.ru_stime, peak
+
+
+def _high_water_mb(pid: int) -> float:
+    """The process's peak RSS so far (VmHWM). Not ru_maxrss: that one keeps the forked Python parent's size
+    from before the exec, about 67 MB here, whatever the client is."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def h2load(target: str, api: str, size: str, seconds: float, tmp: Path, streams: int = IN_FLIGHT) -> dict:
