@@ -165,7 +165,7 @@ def test_error_limit_exposition_and_print_time(odd_server, tmp_path):
     assert len(xe) == 2                                           # -x 2: the first two failures in full
     assert all(re.match(r"^\[\d\d:\d\d:\d\d\.\d{6}\] XE ", line) for line in xe)   # --print_time
     s = stats_of(tmp_path)
-    assert s["pass_batches"] == 0 and 6 <= s["fail_batches"] <= 8
+    assert s["pass_batches"] == 0 and 5 < s["fail_batches"] <= 30   # over the limit, then the stop (a few in flight)
 
 
 def test_step_and_metadata_timeouts(odd_server, tmp_path):
