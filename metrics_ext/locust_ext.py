@@ -24,7 +24,7 @@ import locust
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
-from metrics_ext.mongo import mask_uri  # regular expressions only: pymongo is imported by an export
+from metrics_ext.mongo import mask_argv, mask_uri  # regular expressions only: pymongo is imported by an export
 from metrics_ext.result import build_result, format_summary, ovms_statistics
 from metrics_ext.series import Phases, Recorder
 from metrics_ext.webui import install_web_ui
@@ -198,24 +198,9 @@ def broken_thresholds(stats: dict, checks: dict) -> list[str]:
     return broken
 
 
-_SECRET_OPTIONS = ("--web-auth", "--web_auth")
-
-
-def _masked_argv(argv: list[str]) -> list[str]:
-    """The command line with its secrets masked: --web-auth's value, MongoDB URI passwords."""
-    out = []
-    for i, arg in enumerate(argv):
-        if arg.startswith(tuple(o + "=" for o in _SECRET_OPTIONS)):
-            arg = arg.split("=", 1)[0] + "=***"
-        elif i and argv[i - 1] in _SECRET_OPTIONS:
-            arg = "***"
-        out.append(mask_uri(arg))
-    return out
-
-
 def _client_identity() -> dict:
     return {"host": platform.node(), "python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "locust": locust.__version__, "argv": _masked_argv(sys.argv[1:])}
+            "cpus": os.cpu_count(), "locust": locust.__version__, "argv": mask_argv(sys.argv[1:])}
 
 
 class MetricsExtension:

@@ -77,6 +77,21 @@ def mask_uri(text: str) -> str:
     return _URI_PASSWORD.sub(r"\1***@", text)
 
 
+_SECRET_FLAGS = ("--web-auth", "--web_auth")
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    """A command line with its secrets masked: --web-auth's value, and every MongoDB URI's password."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(tuple(o + "=" for o in _SECRET_FLAGS)):
+            arg = arg.split("=", 1)[0] + "=***"
+        elif i and argv[i - 1] in _SECRET_FLAGS:
+            arg = "***"
+        out.append(mask_uri(arg))
+    return out
+
+
 def _check_database(name: str, shown: str) -> str:
     if not name:
         raise MongoInputError(f"MongoDB endpoint {shown!r} names no database: {_FORMS}")
@@ -210,13 +225,9 @@ def _redact_result(result: dict) -> dict:
     options = params.get("options")
     if isinstance(options, dict) and options.get("web_auth"):
         options["web_auth"] = "***"
-    argv = (params.get("client") or {}).get("argv") if isinstance(params.get("client"), dict) else None
-    if isinstance(argv, list):
-        for i, arg in enumerate(argv):
-            if isinstance(arg, str) and arg.startswith(("--web-auth=", "--web_auth=")):
-                argv[i] = arg.split("=", 1)[0] + "=***"
-            elif i and argv[i - 1] in ("--web-auth", "--web_auth"):
-                argv[i] = "***"
+    client = params.get("client")
+    if isinstance(client, dict) and isinstance(client.get("argv"), list):
+        client["argv"] = mask_argv([str(arg) for arg in client["argv"]])
     return _storable(out)
 
 

@@ -282,7 +282,7 @@ def _list_models(a: argparse.Namespace) -> int:
     from ovms_users.listing import describe_model, format_listing, list_models
     from ovms_users.options import BenchOptions
 
-    rest = a.rest_port is not None and a.api in ("TFS", "KFS", "REST", "KFS-REST")
+    rest = a.rest_port is not None
     listing_api = {"TFS": "tfs-rest", "REST": "tfs-rest", "KFS": "kfs-rest", "KFS-REST": "kfs-rest"}[a.api]
     host = f"{'https' if a.certs_dir else 'http'}://{a.server_address}:{a.rest_port}" if rest \
         else f"{a.server_address}:{a.grpc_port}"
@@ -329,6 +329,12 @@ def _list_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a Locust process run for ovms-bench: this checkout's packages importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LOCUSTFILE.parent.parent),
+                                                                       os.environ.get("PYTHONPATH")]))}
+
+
 def run_client(argv: list[str]) -> int:
     """The original client's command line: parse, check, and run (this process becomes Locust)."""
     p = build_parser()
@@ -347,8 +353,7 @@ def run_client(argv: list[str]) -> int:
     if a.list_models:
         return _list_models(a)
     cmd = locust_command(a)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LOCUSTFILE.parent.parent),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     if a.unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     sys.stdout.flush()

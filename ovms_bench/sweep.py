@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ovms_bench.client import LOCUSTFILE, _check, build_parser, locust_command
+from ovms_bench.client import _check, build_parser, child_env, locust_command
 
 __all__ = ["add_sweep_parser", "sweep_command", "find_knee"]
 
@@ -94,8 +93,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     _check(parser, a)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LOCUSTFILE.parent.parent),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     rows = []
     for level in levels:
         a.concurrency, a.result_file, a.status_line = level, str(out / f"users-{level}.json"), "off"
