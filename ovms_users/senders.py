@@ -4,28 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from geventhttpclient import HTTPClient
 
 from ovms_users.http import HttpStatusError, error_message
-from ovms_users.transport import GrpcStatusError, make_channel
+from ovms_users.transport import GrpcStatusError, h2_channel
 from ovms_users.workload import Workload
 
 __all__ = ["GrpcSender", "HttpSender", "SENDERS"]
 
 
 class GrpcSender:
-    """One gRPC channel (its own HTTP/2 connection); bytes in, bytes out."""
+    """One HTTP/2 connection (ovms_wire.h2grpc), connected on the first request; bytes in, length out."""
 
     def __init__(self, workload: Workload, user: Any = None):
-        self.channel = make_channel(workload.target, workload.options, workload.tls)
-        self._call = self.channel.unary_unary(workload.path)
+        opts = workload.options
+        self.channel = h2_channel(workload.target, opts, workload.tls,
+                                  getattr(user, "connection_timeout", None) or opts.step_timeout)
+        self._unary = self.channel.unary
+        self.path = workload.path
 
     def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
-        try:
-            return len(self._call(body, timeout=timeout)), None
-        except grpc.RpcError as rpc_error:
-            return 0, GrpcStatusError.from_rpc_error(rpc_error)
+        status, length, _ = self._unary(self.path, body, timeout)
+        if status.code:
+            return length, GrpcStatusError.from_status(status.code, status.message)
+        return length, None
 
     def close(self) -> None:
         self.channel.close()

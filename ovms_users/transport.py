@@ -1,15 +1,24 @@
-"""gRPC channels for the load users: one per user, created after fork, TLS from the OVMS client's files."""
+"""gRPC connections, TLS from the OVMS client's files.
+
+The load users send inference over :class:`ovms_wire.h2grpc.H2Channel` (one HTTP/2 connection per user,
+made after any fork); the one-off calls before the test (metadata, status, listing) use grpcio channels.
+"""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
 
 from ovms_users.errors import OptionError
 from ovms_users.options import BenchOptions
+from ovms_wire.h2grpc import H2Channel
 
-__all__ = ["make_channel", "GrpcStatusError", "MAX_MESSAGE"]
+__all__ = ["make_channel", "h2_channel", "GrpcStatusError", "MAX_MESSAGE", "STATUS_CODES"]
+
+#: gRPC's status codes by number, as grpcio names them
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 MAX_MESSAGE = 1 << 30   # as the OVMS client: 1 GiB each way
 
@@ -21,6 +30,10 @@ class GrpcStatusError(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+    @classmethod
+    def from_status(cls, code: int, details: str) -> GrpcStatusError:
+        return cls(STATUS_CODES.get(code, grpc.StatusCode.UNKNOWN), details)
 
     @classmethod
     def from_rpc_error(cls, exc: grpc.RpcError) -> GrpcStatusError:
@@ -38,7 +51,7 @@ def _read(path: Path | None, option: str) -> bytes | None:
         raise OptionError(option, f"cannot read {path}: {exc.strerror}") from None
 
 
-def credentials(opts: BenchOptions) -> grpc.ChannelCredentials:
+def _tls_material(opts: BenchOptions) -> tuple[bytes | None, bytes | None, bytes | None]:
     root_path, cert_path, key_path = opts.tls_files
     opt = "--certs_dir" if opts.certs_dir else "--ssl_ca/--ssl_cert/--ssl_key"
     root = _read(root_path, "--ssl_ca" if opts.ssl_ca else opt)
@@ -46,7 +59,34 @@ def credentials(opts: BenchOptions) -> grpc.ChannelCredentials:
     key = _read(key_path, "--ssl_key" if opts.ssl_key else opt)
     if (cert is None) != (key is None):
         raise OptionError("--ssl_cert/--ssl_key", "give both the client certificate and its key, or neither")
+    return root, cert, key
+
+
+def credentials(opts: BenchOptions) -> grpc.ChannelCredentials:
+    root, cert, key = _tls_material(opts)
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
+
+
+def ssl_context(opts: BenchOptions) -> ssl.SSLContext:
+    """The same trust and client certificate as :func:`credentials`, for an ``ssl`` socket offering ALPN h2."""
+    root, _cert, _key = _tls_material(opts)   # readable, and both or neither of certificate and key
+    root_path, cert_path, key_path = opts.tls_files
+    try:
+        ctx = ssl.create_default_context(cadata=root.decode("ascii", "replace") if root else None)
+        if cert_path is not None:
+            ctx.load_cert_chain(str(cert_path), str(key_path))
+    except (ssl.SSLError, ValueError) as exc:
+        opt = "--certs_dir" if opts.certs_dir else "--ssl_ca/--ssl_cert/--ssl_key"
+        raise OptionError(opt, f"unusable TLS files: {getattr(exc, 'reason', None) or exc}") from None
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def h2_channel(target: str, opts: BenchOptions, tls: bool, connect_timeout: float) -> H2Channel:
+    """A user's own HTTP/2 connection to ``host:port`` (``[v6]:port``), TLS as for grpcio's channels."""
+    host, _, port = target.rpartition(":")
+    return H2Channel(host.strip("[]"), int(port), ssl_context=ssl_context(opts) if wants_tls(opts, tls) else None,
+                     connect_timeout=connect_timeout)
 
 
 def wants_tls(opts: BenchOptions, scheme_tls: bool) -> bool:
