@@ -1,14 +1,13 @@
-"""How a user sends one encoded request: a gRPC channel, or a keep-alive HTTP connection (no Locust import)."""
+"""How a user sends one encoded request: its own HTTP/2 gRPC channel or keep-alive HTTP/1.1 connection."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from geventhttpclient import HTTPClient
-
-from ovms_users.http import HttpStatusError, error_message
+from ovms_users.http import HttpStatusError, error_message, ssl_context
 from ovms_users.transport import GrpcStatusError, h2_channel
 from ovms_users.workload import Workload
+from ovms_wire.http1 import Http1Connection
 
 __all__ = ["GrpcSender", "HttpSender", "SENDERS"]
 
@@ -34,32 +33,27 @@ class GrpcSender:
 
 
 class HttpSender:
-    """One keep-alive HTTP/1.1 connection (geventhttpclient); a status other than 200 is a failure."""
+    """One keep-alive HTTP/1.1 connection (ovms_wire.http1); a status other than 200 is a failure."""
 
     def __init__(self, workload: Workload, user: Any = None):
         opts = workload.options
         host, _, port = workload.target.rpartition(":")
-        ssl_options = {}
-        if workload.tls:
-            root, cert, key = opts.tls_files
-            ssl_options = {k: str(v) for k, v in (("ca_certs", root), ("certfile", cert), ("keyfile", key)) if v}
-        self.client = HTTPClient(host.strip("[]"), int(port), ssl=workload.tls, ssl_options=ssl_options or None,
-                                 connection_timeout=getattr(user, "connection_timeout", opts.step_timeout),
-                                 network_timeout=opts.step_timeout, concurrency=1)
+        context = ssl_context(opts) if workload.tls else None
+        self.conn = Http1Connection(host.strip("[]"), int(port), ssl_context=context,
+                                    connect_timeout=getattr(user, "connection_timeout", None) or opts.step_timeout)
+        self._post = self.conn.post
         self.path = workload.path
 
     def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
-        try:
-            resp = self.client.request("POST", self.path, body=body, headers=headers)
-            data = resp.read()
-        except Exception as exc:   # connection refused or reset, timeouts, TLS errors: each a failed request
-            return 0, HttpStatusError(0, f"{type(exc).__name__}: {exc}")
-        if resp.status_code != 200:
-            return len(data), HttpStatusError(resp.status_code, error_message(data))
-        return len(data), None
+        status, length, data, error = self._post(self.path, headers, body, timeout)
+        if status == 200:
+            return length, None
+        if error is not None:
+            return 0, HttpStatusError(0, error)
+        return length, HttpStatusError(status, error_message(data or b""))
 
     def close(self) -> None:
-        self.client.close()
+        self.conn.close()
 
 
 SENDERS = {"grpc": GrpcSender, "http": HttpSender}

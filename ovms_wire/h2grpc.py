@@ -20,17 +20,16 @@ status mapped as gRPC's spec maps it.
 
 from __future__ import annotations
 
-import _socket
 import socket
 import ssl
 import struct
-import sys
-import time
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
+
+from ovms_wire.netio import Deadline, open_io
 
 __all__ = ["H2Channel", "GrpcCallError", "Status", "timeout_header", "STATUS_NAMES"]
 
@@ -128,126 +127,6 @@ def header_block(path: str, authority: str, tls: bool, timeout: float | None, us
     return block
 
 
-class _Deadline(Exception):
-    """A call's deadline passed (raised inside the channel only)."""
-
-
-def _gevent_patched() -> bool:
-    """Is the socket module gevent's (Locust patches it)? Then waits go to gevent's hub directly."""
-    monkey = sys.modules.get("gevent.monkey")
-    return bool(monkey and monkey.is_module_patched("socket"))
-
-
-class _BlockingIO:
-    """Plain blocking socket calls; a call's deadline bounds each read and write."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.deadline: float | None = None
-        self.reply_due = False
-
-    def begin(self, timeout: float | None) -> None:
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.sock.settimeout(timeout)
-
-    def end(self) -> None:
-        self.deadline = None
-        self.reply_due = False
-
-    def _left(self) -> None:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise _Deadline()
-            self.sock.settimeout(left)
-
-    def sendall(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except TimeoutError:
-            raise _Deadline() from None
-
-    def recv(self) -> bytes:
-        self._left()
-        try:
-            return self.sock.recv(262144)
-        except TimeoutError:
-            raise _Deadline() from None
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-class _GeventIO:
-    """Under gevent, for a plaintext connection: a non-blocking OS socket whose waits go straight to the hub
-    (one io watcher per direction, made once), and one reusable timer per call for its deadline. After a
-    request is written the reply cannot be there yet, so the first read waits before it reads; gevent's
-    socket wrapper would try a read first, fail, then wait: a syscall and some Python more per request."""
-
-    def __init__(self, sock: socket.socket):
-        from gevent import Timeout, get_hub
-
-        self.hub = get_hub()
-        self.raw = _socket.socket(fileno=sock.detach())
-        self.raw.setblocking(False)
-        fd = self.raw.fileno()
-        self.readable = self.hub.loop.io(fd, 1)
-        self.writable = self.hub.loop.io(fd, 2)
-        self.timer = Timeout(None, _Deadline)
-        self._Timeout = Timeout
-        self.seconds: float | None = None
-        self.reply_due = False
-
-    def begin(self, timeout: float | None) -> None:
-        if timeout != self.seconds:
-            self.timer.close()
-            self.timer = self._Timeout(timeout, _Deadline)
-            self.seconds = timeout
-        if timeout:
-            self.timer.start()
-
-    def end(self) -> None:
-        self.timer.cancel()
-        self.reply_due = False
-
-    def sendall(self, data: bytes) -> None:
-        raw, size = self.raw, len(data)
-        try:
-            sent = raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent < size:
-            view = memoryview(data)
-            while sent < size:
-                self.hub.wait(self.writable)
-                try:
-                    sent += raw.send(view[sent:])
-                except BlockingIOError:
-                    pass
-
-    def recv(self) -> bytes:
-        if self.reply_due:   # just sent: wait first
-            self.reply_due = False
-            self.hub.wait(self.readable)
-        while True:
-            try:
-                return self.raw.recv(262144)
-            except BlockingIOError:
-                self.hub.wait(self.readable)
-
-    def close(self) -> None:
-        self.timer.close()
-        self.readable.close()
-        self.writable.close()
-        try:
-            self.raw.close()
-        except OSError:
-            pass
-
-
 class H2Channel:
     """One HTTP/2 connection to ``host:port``, opened on first use and again after it breaks; not shared
     between greenlets (each load user has its own)."""
@@ -312,7 +191,7 @@ class H2Channel:
             raise GrpcCallError(UNAVAILABLE, f"connection to {self.authority} failed: {exc}") from None
         self.sock = sock
         self.connections += 1
-        self._io = _GeventIO(sock) if not isinstance(sock, ssl.SSLSocket) and _gevent_patched() else _BlockingIO(sock)
+        self._io = open_io(sock)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -364,7 +243,7 @@ class H2Channel:
                 self._send_data(sid, prefix, message, self.initial_window)
             io.reply_due = True
             return self._reply(sid, want_reply)
-        except _Deadline:
+        except Deadline:
             self._cancel(sid)
             raise GrpcCallError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except (ConnectionError, ssl.SSLError, OSError) as exc:
@@ -404,7 +283,7 @@ class H2Channel:
     def _cancel(self, sid: int) -> None:
         try:
             self._io.sendall(self._frame(RST_STREAM, 0, sid, _HEAD.pack(CANCEL_CODE)))
-        except (OSError, _Deadline):
+        except (OSError, Deadline):
             self.close()
 
     def _reply(self, sid: int, want_reply: bool) -> tuple[Status, int, bytes | None]:

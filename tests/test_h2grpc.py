@@ -210,7 +210,7 @@ from gevent import monkey; monkey.patch_all()
 import gevent, json, sys, time
 sys.path.insert(0, sys.argv[1])
 from tests.test_h2grpc import kfs_request, KFS_INFER
-from ovms_wire.h2grpc import H2Channel, _GeventIO
+from ovms_wire.h2grpc import H2Channel
 host, port, slow_port = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 body = kfs_request("dummy", "b", [1, 10])
 out = {"ok": 0, "bad": [], "io": [], "connections": 0}
