@@ -232,6 +232,7 @@ class H2Channel:
         n = len(message) + 5
         prefix = b"\x00" + _HEAD.pack(len(message))
         head = _FRAME.pack(len(block) >> 16, len(block) & 0xFFFF, HEADERS, END_HEADERS, sid) + block
+        self._expect(want_reply)
         io.begin(timeout)
         try:
             if n <= self.max_frame and n <= self.send_window and n <= self.initial_window:   # the common case
@@ -242,7 +243,7 @@ class H2Channel:
                 io.sendall(head)
                 self._send_data(sid, prefix, message, self.initial_window)
             io.reply_due = True
-            return self._reply(sid, want_reply)
+            return self._reply(sid)
         except Deadline:
             self._cancel(sid)
             raise GrpcCallError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
@@ -261,7 +262,7 @@ class H2Channel:
         view = memoryview(message)
         total, pos = len(message) + 5, 0
         self._stream_window = window
-        while pos < total:
+        while pos < total and not self._done:   # done: the server replied (and may have reset) early
             allowed = min(self.send_window, self._stream_window, self.max_frame, total - pos)
             if allowed <= 0:
                 self._read_once(sid)   # WINDOW_UPDATE, SETTINGS, PING: handled there
@@ -279,6 +280,8 @@ class H2Channel:
                 pos = end
                 allowed = min(self.send_window, self._stream_window, self.max_frame, total - pos)
             self._io.sendall(b"".join(out))
+        if pos < total and self._rst is None:   # replied before the whole request: close our side too
+            self._io.sendall(self._frame(RST_STREAM, 0, sid, _HEAD.pack(0)))
 
     def _cancel(self, sid: int) -> None:
         try:
@@ -286,11 +289,14 @@ class H2Channel:
         except (OSError, Deadline):
             self.close()
 
-    def _reply(self, sid: int, want_reply: bool) -> tuple[Status, int, bytes | None]:
-        self._sid, self._headers, self._trailers, self._length = sid, None, None, 0
+    def _expect(self, want_reply: bool) -> None:
+        """Ready for a new stream's reply (before its request goes out: a reply may come early)."""
+        self._headers, self._trailers, self._length = None, None, 0
         self._chunks: list[bytes] | None = [] if want_reply else None
         self._done = False
         self._rst: int | None = None
+
+    def _reply(self, sid: int) -> tuple[Status, int, bytes | None]:
         while not self._done:
             self._read_once(sid)
         if self._rst is not None:
@@ -423,7 +429,8 @@ class H2Channel:
             if not flags & ACK:
                 self._io.sendall(self._frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
-            if stream == sid:
+            # after a whole reply a reset (NO_ERROR: "stop sending", RFC 9113 8.1) changes nothing
+            if stream == sid and not self._done:
                 self._rst = _HEAD.unpack(payload)[0]
                 self._done = True
         elif kind == GOAWAY:
