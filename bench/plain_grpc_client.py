@@ -2,7 +2,8 @@
 
 One prebuilt request, sent again and again for ``--duration`` seconds with plain synchronous grpcio
 (no gevent), one call in flight, as each of the OVMS client's processes did. Prints the number of
-completed calls as JSON. Used by bench/grpc_clients.py; not part of `make test`.
+completed calls and their mean latency as JSON. Used by bench/clients.py and the Locust peers
+(bench/peers/); not part of `make test`.
 
     python bench/plain_grpc_client.py --target 127.0.0.1:9000 --api kfs --model dummy --shape 1 4 --duration 8
 """
@@ -27,8 +28,8 @@ KFS_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 TFS_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
-def request(api: str, model: str, name: str, shape: list[int]) -> tuple[str, bytes]:
-    """The method path and the serialized request (built once, as the OVMS client pre-built its dataset)."""
+def request_message(api: str, model: str, name: str, shape: list[int]):
+    """The method path and the request message: one FP32 tensor of ``shape``, fixed random values."""
     x = np.random.default_rng(1).random(shape, dtype=np.float32)
     if api == "kfs":
         from tritonclient.grpc import service_pb2 as kfs
@@ -36,11 +37,17 @@ def request(api: str, model: str, name: str, shape: list[int]) -> tuple[str, byt
         req = kfs.ModelInferRequest(model_name=model)
         req.inputs.add(name=name, datatype="FP32", shape=shape)
         req.raw_input_contents.append(x.tobytes())
-        return KFS_METHOD, req.SerializeToString()
+        return KFS_METHOD, req
     treq = tfs.PredictRequest()
     treq.model_spec.name = model
     treq.inputs[name].CopyFrom(to_tensor_proto(x))
-    return TFS_METHOD, treq.SerializeToString()
+    return TFS_METHOD, treq
+
+
+def request(api: str, model: str, name: str, shape: list[int]) -> tuple[str, bytes]:
+    """The method path and the serialized request (built once, as the OVMS client pre-built its dataset)."""
+    method, message = request_message(api, model, name, shape)
+    return method, message.SerializeToString()
 
 
 def main() -> int:

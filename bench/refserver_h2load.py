@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -28,16 +26,14 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kfs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import ensure_tools, grpc_frame, machine  # noqa: E402
 
 from ovms_wire.protos.tfs import serving_apis_pb2 as tfs  # noqa: E402
 from ovms_wire.tensors import to_tensor_proto  # noqa: E402
 from refserver.launcher import RefServer  # noqa: E402
 from tests.conftest import scrape_counter  # noqa: E402
-
-
-def grpc_frame(message: bytes) -> bytes:
-    """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length."""
-    return b"\x00" + struct.pack(">I", len(message)) + message
 
 
 def bodies() -> dict[str, tuple[str, bytes, dict]]:
@@ -54,14 +50,6 @@ def bodies() -> dict[str, tuple[str, bytes, dict]]:
                                   labels_k),
             "TFS Predict": ("/tensorflow.serving.PredictionService/Predict", grpc_frame(treq.SerializeToString()),
                             labels_t)}
-
-
-def ensure_tools() -> None:
-    if shutil.which("h2load") and shutil.which("nghttp"):
-        return
-    print("installing nghttp2-client (h2load, nghttp) ...", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True, stdout=subprocess.DEVNULL)
 
 
 def check_grpc_status(url: str, body_file: str) -> None:
@@ -89,7 +77,7 @@ def main() -> int:
     args = ap.parse_args()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: the server on one, h2load on the other")
-    ensure_tools()
+    ensure_tools("taskset", "h2load", "nghttp")
     levels = [(1, 1), (1, 8), (4, 8)]
     rows = []
     with RefServer(cpu=0) as srv, tempfile.TemporaryDirectory() as tmp:
@@ -116,9 +104,7 @@ def main() -> int:
                     rates.append(rate)
                 rows.append((name, clients * streams, statistics.median(rates), min(rates), max(rates)))
                 print(f"{name:18} in flight {clients * streams:3}: {statistics.median(rates):8.0f} req/s", flush=True)
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", lscpu)
-    print(f"\nreference server on core 0, h2load on core 1 ({model.group(1) if model else 'unknown CPU'}), "
+    print(f"\nreference server on core 0, h2load on core 1 ({machine()['model']}), "
           f"{args.duration} s runs after 1 s warm-up, median of {args.repeats}; [1,10] FP32 request to `dummy`.\n")
     print("| API | requests in flight | req/s (median) | min | max |")
     print("|---|---|---|---|---|")
