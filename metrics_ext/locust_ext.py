@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -102,6 +103,25 @@ def _number(opts: Any, name: str, default: float, minimum: float = 0.0) -> float
     return value
 
 
+def _positive(opts: Any, name: str) -> float | None:
+    """A load option's rate (the load side checks it and reports a bad one); None when absent, 0 or bad."""
+    try:
+        value = float(str(getattr(opts, name, "") or "0").strip())
+    except ValueError:
+        return None
+    return value if 0 < value < math.inf else None
+
+
+def read_arrivals(opts: Any) -> dict | None:
+    """An open-loop run's schedule (ovms_users' ``--arrival_rate`` in requests/s or ``--max_throughput`` in
+    frames/s, ``--arrivals``), read by name: None for a closed-loop run."""
+    rate, frame_rate = _positive(opts, "arrival_rate"), _positive(opts, "max_throughput")
+    if rate is None and frame_rate is None:
+        return None
+    process = str(getattr(opts, "arrivals", "") or "constant").strip().lower()
+    return {"process": process, "rate": rate, "frame_rate": None if rate is not None else frame_rate}
+
+
 def read_settings(opts: Any) -> dict:
     """The extension's options, checked (values arrive as strings from every source)."""
     window_text = str(getattr(opts, "window", "") or "").strip()
@@ -142,7 +162,8 @@ def read_settings(opts: Any) -> dict:
             "db_endpoint": endpoint, "db_metadata": metadata_items,
             "db_timeout": _number(opts, "db_timeout", 5.0, 0.1),
             "checks": {name: _number(opts, name, 0.0) for name in ("check_fail_ratio", "check_p99_ms", "check_rps")
-                       if str(getattr(opts, name, "") or "").strip()}}
+                       if str(getattr(opts, name, "") or "").strip()},
+            "arrivals": read_arrivals(opts)}
 
 
 def _status_mode(opts: Any) -> bool:
@@ -288,9 +309,14 @@ class MetricsExtension:
         if rec is None:   # a sample before the phases arrived (should not happen): measure from now
             rec = self.recorder = self._new_recorder(Phases(time.time(), self.settings["warmup"],
                                                             self.settings["window"]))
-        frames = (context or {}).get("frames", 1) or 1
+        if context:
+            frames = context.get("frames", 1) or 1
+            lag = context.get("schedule_lag_ms")   # an open-loop request: response_time runs from its intended start
+        else:
+            frames, lag = 1, None
         status = None if exception is None else str(exception).split(":", 1)[0]
-        rec.record(exception is None, response_time / 1000.0, frames, time.time(), status)
+        rec.record(exception is None, response_time / 1000.0, frames, time.time(), status,
+                   None if lag is None else lag / 1000.0)
 
     def on_spawning_complete(self, user_count: int, **_kw: Any) -> None:
         self.peak_users = max(self.peak_users, user_count)
@@ -396,7 +422,7 @@ class MetricsExtension:
                   "server": getattr(self.environment, "ovms_server", None)}
         submetrics = self._submetrics(workers)
         result = build_result(rec, stop, users, submetrics, params, self.settings["report_warmup"],
-                              self.settings["quantile_list"], workers, self.users_at)
+                              self.settings["quantile_list"], workers, self.users_at, self.settings.get("arrivals"))
         result["thresholds"] = {"checks": self.settings["checks"],
                                 "broken": broken_thresholds(result["statistics"], self.settings["checks"])}
         return result
@@ -423,7 +449,7 @@ class MetricsExtension:
         rec, workers = self.merged(series_only=True)
         stats = ovms_statistics(rec, self._stop_of(rec, self.stop_time, live=True), self._users(),
                                 self._submetrics(workers), self.settings["report_warmup"],
-                                self.settings["quantile_list"])
+                                self.settings["quantile_list"], self.settings.get("arrivals"))
         self._live = (now, stats)
         return stats
 

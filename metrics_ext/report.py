@@ -28,6 +28,10 @@ __all__ = ["render_report", "write_report"]
 
 #: the latency quantiles of the summary when the result does not list them (as metrics_ext.series.QUANTILES)
 DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+#: an open-loop run's service time and schedule lag quantiles, and its late threshold (as metrics_ext.series's
+#: LAGGED_QUANTILES and LATE_S)
+LAGGED_QUANTILES = (0.5, 0.99)
+LATE_S = 0.002
 #: the most points a timeline plot draws; longer runs are put in bins of several seconds
 MAX_TIMELINE_POINTS = 1200
 
@@ -273,6 +277,21 @@ def _summary_rows(result: dict) -> list[tuple[str, str, list[tuple[str, ...]]]]:
     for q in _quantiles(result):
         add(f"latency p{_qname(q).replace('_', '.')} ms", "ms", f"latency_p{_qname(q)}")
     rows.append(("latency max ms", "ms", [(_max_key(stats, p),) for p in prefixes]))
+    if "arrival_process" in stats:   # an open-loop run: as result.arrival_rows
+        n = len(prefixes)
+        frames = stats.get("arrival_frame_rate_target") is not None
+        target = "arrival_frame_rate_target" if frames else "arrival_rate_target"
+        rows.append((f"target {'frames/s' if frames else 'req/s'} ({stats.get('arrival_process')})", "rate",
+                     [(target,)] * n))
+        rows.append(("achieved req/s", "rate", [("arrival_rate_achieved",)] + [()] * (n - 1)))
+        if frames:
+            rows.append(("achieved frames/s", "rate", [("arrival_frame_rate_achieved",)] + [()] * (n - 1)))
+        rows.append(("in flight max (users)", "int", [("in_flight_limit",)] * n))
+        for name, label in (("service_latency", "service"), ("schedule_lag", "schedule lag")):
+            for stat in ("mean", *(f"p{_qname(q)}" for q in LAGGED_QUANTILES), "max"):
+                add(f"{label} {stat} ms", "ms", f"{name}_{stat}")
+        threshold = stats.get("late_threshold")
+        add(f"late > {(threshold if _finite_number(threshold) else LATE_S) * 1000:g} ms", "int", "late_requests")
     return rows
 
 
@@ -298,7 +317,9 @@ def _summary_section(result: dict) -> str:
     head = "".join(f"<th>{_COLUMN_NAMES[p]}</th>" for p in prefixes)
     body = []
     for label, kind, cols in _summary_rows(result):
-        cells = "".join("<td>" + "/".join(_stat(stats, k, kind) for k in keys) + "</td>" for keys in cols)
+        na = '<span class="na">-</span>'   # a column the row has no key for (the total's achieved rate)
+        cells = "".join("<td>" + ("/".join(_stat(stats, k, kind) for k in keys) if keys else na) + "</td>"
+                        for keys in cols)
         body.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
     body.extend(_error_rows(stats, prefixes))
     note = ""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from metrics_ext.series import QUANTILES, Recorder, _qname
+from metrics_ext.series import LAGGED_QUANTILES, LATE_S, QUANTILES, Recorder, _qname
 from metrics_ext.stats import LogHistogram
 
-__all__ = ["build_result", "ovms_statistics", "format_summary", "summary_rows"]
+__all__ = ["build_result", "ovms_statistics", "format_summary", "summary_rows", "arrival_rows"]
 
 
 def _phase_bounds(rec: Recorder, stop: float) -> dict[str, tuple[float, float]]:
@@ -19,18 +19,31 @@ def _phase_bounds(rec: Recorder, stop: float) -> dict[str, tuple[float, float]]:
 
 
 def ovms_statistics(rec: Recorder, stop: float, users: int, submetrics: int, report_warmup: bool = False,
-                    quantile_list: Sequence[float] | None = None) -> dict:
-    """The flat dict the OVMS client printed as JSON-OUTPUT STATISTICS (same keys), computed right."""
+                    quantile_list: Sequence[float] | None = None, arrivals: dict | None = None) -> dict:
+    """The flat dict the OVMS client printed as JSON-OUTPUT STATISTICS (same keys), computed right.
+
+    ``arrivals`` (an open-loop run: ``{"process", "rate", "frame_rate"}``, see locust_ext.read_arrivals) adds
+    each phase's service time, schedule lag and late requests, and the run's target and achieved rates.
+    """
     bounds = _phase_bounds(rec, stop)
     out: dict = {}
     for name, prefix in (("window", "window_"), ("total", ""), ("warmup", "warmup_")):
         if name == "warmup" and not report_warmup:
             continue
-        stats = rec.series[name].analyze(*bounds[name], users)
+        stats = rec.series[name].analyze(*bounds[name], users, lagged=arrivals is not None)
         errors = stats.pop("errors_by_status")
         for key, value in stats.items():
             out[prefix + key] = value
         out[prefix + "errors_by_status"] = errors
+    if arrivals is not None:
+        duration = out["window_total_duration"]
+        out["arrival_process"] = arrivals.get("process") or "constant"
+        out["arrival_rate_target"] = arrivals.get("rate")               # requests/s (--arrival_rate)
+        out["arrival_frame_rate_target"] = arrivals.get("frame_rate")   # frames/s (--max_throughput)
+        out["arrival_rate_achieved"] = out["window_total_batches"] / duration if duration else 0.0
+        out["arrival_frame_rate_achieved"] = out["window_total_frames"] / duration if duration else 0.0
+        out["in_flight_limit"] = users   # one request in flight per user at most
+        out["late_threshold"] = LATE_S
     window = rec.series["window"].ovms
     if quantile_list:
         for j, q in enumerate(quantile_list):
@@ -120,8 +133,8 @@ def by_users(rec: Recorder, stop: float, users_at: dict[int, int] | None) -> lis
 
 def build_result(rec: Recorder, stop: float, users: int, submetrics: int, params: dict, report_warmup: bool = False,
                  quantile_list: Sequence[float] | None = None, workers: dict | None = None,
-                 users_at: dict[int, int] | None = None) -> dict:
-    stats = ovms_statistics(rec, stop, users, submetrics, report_warmup, quantile_list)
+                 users_at: dict[int, int] | None = None, arrivals: dict | None = None) -> dict:
+    stats = ovms_statistics(rec, stop, users, submetrics, report_warmup, quantile_list, arrivals)
     return _finite({"statistics": stats, "timeline": timeline(rec, users_at), "parameters": params,
                     "phases": {**rec.phases.to_dict(), "stop": stop}, "workers": workers or {},
                     "quantiles_reported": list(QUANTILES),
@@ -151,9 +164,36 @@ def summary_rows(stats: dict) -> list[tuple[str, str, str]]:
         rows.append((f"latency p{_qname(q).replace('_', '.')} ms", ms(stats[f"window_{key}"]), ms(stats[key])))
     rows.append(("latency max ms", ms(max(stats["window_pass_max_latency"], stats["window_fail_max_latency"])),
                  ms(max(stats["pass_max_latency"], stats["fail_max_latency"]))))
+    if "arrival_process" in stats:
+        rows.extend(arrival_rows(stats))
     window_errors, total_errors = stats.get("window_errors_by_status") or {}, stats.get("errors_by_status") or {}
     for status in sorted(set(window_errors) | set(total_errors)):
         rows.append((f"errors {status}", str(window_errors.get(status, 0)), str(total_errors.get(status, 0))))
+    return rows
+
+
+def arrival_rows(stats: dict) -> list[tuple[str, str, str]]:
+    """An open-loop run's rows (the latency rows above then run from each request's intended start)."""
+    def ms(v: object) -> str:
+        return "-" if v in (None, "") else f"{float(v) * 1000:.3f}"
+
+    def rate(v: object) -> str:
+        return "-" if v in (None, "") else f"{float(v):.1f}"
+
+    frames = stats.get("arrival_frame_rate_target") is not None
+    target = stats["arrival_frame_rate_target"] if frames else stats.get("arrival_rate_target")
+    unit = "frames/s" if frames else "req/s"
+    rows = [(f"target {unit} ({stats.get('arrival_process')})", rate(target), rate(target)),
+            ("achieved req/s", rate(stats.get("arrival_rate_achieved")), "-")]
+    if frames:
+        rows.append(("achieved frames/s", rate(stats.get("arrival_frame_rate_achieved")), "-"))
+    rows.append(("in flight max (users)", str(stats.get("in_flight_limit")), str(stats.get("in_flight_limit"))))
+    for name, label in (("service_latency", "service"), ("schedule_lag", "schedule lag")):
+        for stat in ("mean", *(f"p{_qname(q)}" for q in LAGGED_QUANTILES), "max"):
+            key = f"{name}_{stat}"
+            rows.append((f"{label} {stat} ms", ms(stats.get(f"window_{key}")), ms(stats.get(key))))
+    rows.append((f"late > {stats.get('late_threshold', LATE_S) * 1000:g} ms", str(stats.get("window_late_requests")),
+                 str(stats.get("late_requests"))))
     return rows
 
 

@@ -4,6 +4,13 @@ Phases are wall-clock intervals fixed once when the test starts and shared by ev
 ``warmup = [t0, t0 + warmup)``, ``window = [t0 + warmup, t0 + warmup + window)`` (open-ended without
 ``--window``), ``total = [t0, stop)``. A request belongs to a phase by its completion time. A phase's
 duration is its interval cut at the moment the test stopped, not at its first or last sample.
+
+Open-loop (arrival-rate) runs also give each request's schedule lag (actual start - intended start);
+its latency is then measured from the intended start, and each phase keeps the service time (from
+the actual start) and the lag beside it (:class:`Lagged`).
+
+:meth:`Recorder.record` is the hot path (once per request): it computes each histogram bucket once and
+adds it to every series the request belongs to, with no allocation beyond a new bucket.
 """
 
 from __future__ import annotations
@@ -12,9 +19,18 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram
+from metrics_ext.stats import _LOG_GAMMA, _MAX_INDEX, MIN_LATENCY_S, LogHistogram, Moments, OvmsHistogram, _bucket
 
-__all__ = ["Series", "Phases", "Recorder", "QUANTILES", "OVMS_KEYS"]
+__all__ = ["Series", "Lagged", "Phases", "Recorder", "QUANTILES", "OVMS_KEYS", "LATE_S", "LAGGED_QUANTILES"]
+
+_log = math.log
+
+#: a request that started more than this after its intended start is counted late (``late_requests``):
+#: twice the event loop's timer granularity (libev wakes a sleeper up to 1 ms late), so a run whose client
+#: keeps up counts next to none
+LATE_S = 0.002
+#: the quantiles reported for the service time and the schedule lag
+LAGGED_QUANTILES = (0.5, 0.99)
 
 #: quantiles reported from the HDR-style histogram in every phase, beyond the original's set
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -33,13 +49,74 @@ def _cv(m: Moments) -> float:
 
 
 @dataclass
+class Lagged:
+    """One phase's open-loop extras: service time (actual start to completion) and schedule lag (actual minus
+    intended start), each as sum (for the mean) and histogram (quantiles, max); and the late requests."""
+    service: LogHistogram = field(default_factory=LogHistogram)
+    lag: LogHistogram = field(default_factory=LogHistogram)
+    service_sum: float = 0.0
+    lag_sum: float = 0.0
+    late: int = 0
+
+    def add(self, service: float, lag: float, ks: int, kl: int) -> None:
+        h = self.service
+        b = h.buckets
+        b[ks] = b.get(ks, 0) + 1
+        h.count += 1
+        if service < h.min:
+            h.min = service
+        if service > h.max:
+            h.max = service
+        h = self.lag
+        b = h.buckets
+        b[kl] = b.get(kl, 0) + 1
+        h.count += 1
+        if lag < h.min:
+            h.min = lag
+        if lag > h.max:
+            h.max = lag
+        self.service_sum += service
+        self.lag_sum += lag
+        if lag > LATE_S:
+            self.late += 1
+
+    def merge(self, other: Lagged) -> None:
+        self.service.merge(other.service)
+        self.lag.merge(other.lag)
+        self.service_sum += other.service_sum
+        self.lag_sum += other.lag_sum
+        self.late += other.late
+
+    def to_dict(self) -> dict:
+        return {"s": self.service.to_dict(), "l": self.lag.to_dict(), "ss": self.service_sum, "ls": self.lag_sum,
+                "late": self.late}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Lagged:
+        return cls(LogHistogram.from_dict(d["s"]), LogHistogram.from_dict(d["l"]), float(d["ss"]), float(d["ls"]),
+                   int(d["late"]))
+
+    def analyze(self, prefix: str = "") -> dict:
+        """``service_latency_*`` and ``schedule_lag_*`` (mean, p50, p99, max; seconds) and ``late_requests``."""
+        out: dict = {}
+        for name, h, total in (("service_latency", self.service, self.service_sum),
+                               ("schedule_lag", self.lag, self.lag_sum)):
+            out[f"{prefix}{name}_mean"] = total / h.count if h.count else 0.0
+            for q in LAGGED_QUANTILES:
+                value = h.quantile(q)
+                out[f"{prefix}{name}_p{_qname(q)}"] = value if value is not None else 0.0
+            out[f"{prefix}{name}_max"] = h.max
+        out[f"{prefix}late_requests"] = self.late
+        return out
+
+
+@dataclass
 class Series:
     """Everything one phase needs, all of it mergeable."""
     pass_batches: int = 0
     fail_batches: int = 0
     pass_frames: int = 0
     fail_frames: int = 0
-    all: Moments = field(default_factory=Moments)
     ok: Moments = field(default_factory=Moments)
     bad: Moments = field(default_factory=Moments)
     pass_max: float = 0.0
@@ -49,18 +126,48 @@ class Series:
     hdr: LogHistogram = field(default_factory=LogHistogram)
     ovms: OvmsHistogram = field(default_factory=OvmsHistogram)
     errors: Counter = field(default_factory=Counter)
+    lagged: Lagged | None = None     # open-loop runs only
 
-    def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None) -> None:
-        self.all.add(latency)
-        self.hdr.record(latency)
-        self.ovms.record(latency, frames)
+    @property
+    def all(self) -> Moments:
+        """Every request's moments: the exact merge of the passed and the failed ones."""
+        m = Moments(self.ok.n, self.ok.mean, self.ok.m2)
+        m.merge(self.bad)
+        return m
+
+    def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None,
+               lag: float | None = None) -> None:
+        self.add(ok, latency, frames, done, status, _bucket(latency),
+                 int((self.ovms.factor * latency) ** self.ovms.base))
+        if lag is not None:
+            if self.lagged is None:
+                self.lagged = Lagged()
+            self.lagged.add(latency - lag, lag, _bucket(latency - lag), _bucket(lag))
+
+    def add(self, ok: bool, latency: float, frames: int, done: float, status: str | None, k: int, o: int) -> None:
+        """record() with the request's LogHistogram bucket ``k`` and OVMS histogram bucket ``o`` computed."""
+        h = self.hdr
+        b = h.buckets
+        b[k] = b.get(k, 0) + 1
+        h.count += 1
+        if latency < h.min:
+            h.min = latency
+        if latency > h.max:
+            h.max = latency
+        b = self.ovms.buckets
+        b[o] = b.get(o, 0) + frames
         if ok:
             self.pass_batches += 1
             self.pass_frames += frames
-            self.ok.add(latency)
+            m = self.ok   # Welford, as Moments.add
+            n = m.n = m.n + 1
+            delta = latency - m.mean
+            m.mean += delta / n
+            m.m2 += delta * (latency - m.mean)
             if latency > self.pass_max:
                 self.pass_max = latency
-            if (done, latency) < (self.first_done, self.first_latency):   # ties: the smaller latency, in any order
+            # the first success; ties in completion time: the smaller latency, in any order
+            if done <= self.first_done and (done < self.first_done or latency < self.first_latency):
                 self.first_done, self.first_latency = done, latency
         else:
             self.fail_batches += 1
@@ -75,7 +182,6 @@ class Series:
         self.fail_batches += other.fail_batches
         self.pass_frames += other.pass_frames
         self.fail_frames += other.fail_frames
-        self.all.merge(other.all)
         self.ok.merge(other.ok)
         self.bad.merge(other.bad)
         self.pass_max = max(self.pass_max, other.pass_max)
@@ -86,18 +192,25 @@ class Series:
         self.hdr.merge(other.hdr)
         self.ovms.merge(other.ovms)
         self.errors.update(other.errors)
+        if other.lagged is not None:
+            if self.lagged is None:
+                self.lagged = Lagged()
+            self.lagged.merge(other.lagged)
 
     def to_dict(self) -> dict:
         first = [None if math.isinf(v) else v for v in (self.first_done, self.first_latency)]
-        return {"c": [self.pass_batches, self.fail_batches, self.pass_frames, self.fail_frames],
-                "m": [self.all.to_dict(), self.ok.to_dict(), self.bad.to_dict()],
-                "x": [self.pass_max, self.fail_max], "f": first,
-                "h": self.hdr.to_dict(), "o": self.ovms.to_dict(), "e": dict(self.errors)}
+        d = {"c": [self.pass_batches, self.fail_batches, self.pass_frames, self.fail_frames],
+             "m": [self.all.to_dict(), self.ok.to_dict(), self.bad.to_dict()],
+             "x": [self.pass_max, self.fail_max], "f": first,
+             "h": self.hdr.to_dict(), "o": self.ovms.to_dict(), "e": dict(self.errors)}
+        if self.lagged is not None:
+            d["s"] = self.lagged.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, factor: float, base: float) -> Series:
         s = cls(*d["c"])
-        s.all, s.ok, s.bad = (Moments.from_dict(m) for m in d["m"])
+        s.ok, s.bad = (Moments.from_dict(m) for m in d["m"][1:])   # d["m"][0], every request's, is their merge
         s.pass_max, s.fail_max = d["x"]
         s.first_done = math.inf if d["f"][0] is None else d["f"][0]
         s.first_latency = math.inf if d["f"][1] is None else d["f"][1]
@@ -105,10 +218,13 @@ class Series:
         s.ovms = OvmsHistogram(factor, base)
         s.ovms.merge_dict(d["o"])
         s.errors = Counter(d["e"])
+        if d.get("s") is not None:
+            s.lagged = Lagged.from_dict(d["s"])
         return s
 
-    def analyze(self, start: float, stop: float, users: int) -> dict:
-        """The original's 30 keys (its formulas, computed on merged state), plus min latency and quantiles.
+    def analyze(self, start: float, stop: float, users: int, lagged: bool = False) -> dict:
+        """The original's 30 keys (its formulas, computed on merged state), plus min latency and quantiles;
+        with ``lagged`` (an open-loop run) also the service time, schedule lag and late-request keys.
 
         ``netto_*_rate``: the rate if every one of ``users`` closed-loop users spent no time outside its
         requests, ``pass * users / sum(latencies)``; the original summed per-process netto rates, which is the
@@ -117,7 +233,8 @@ class Series:
         duration = max(0.0, stop - start)
         batches = self.pass_batches + self.fail_batches
         frames = self.pass_frames + self.fail_frames
-        busy = self.all.total / max(users, 1)
+        every = self.all
+        busy = every.total / max(users, 1)
         out = {
             "total_duration": duration, "total_batches": batches, "total_frames": frames,
             "start_timestamp": start, "stop_timestamp": stop,
@@ -131,7 +248,7 @@ class Series:
             "frame_passrate": self.pass_frames / frames if frames else 0.0,
             "batch_passrate": self.pass_batches / batches if batches else 0.0,
         }
-        for prefix, m in (("", self.all), ("pass_", self.ok), ("fail_", self.bad)):
+        for prefix, m in (("", every), ("pass_", self.ok), ("fail_", self.bad)):
             out[f"{prefix}mean_latency"] = m.mean
             out[f"{prefix}mean_latency2"] = m.mean2
             out[f"{prefix}stdev_latency"] = m.stdev
@@ -140,6 +257,8 @@ class Series:
         for q in QUANTILES:
             value = self.hdr.quantile(q)
             out[f"latency_p{_qname(q)}"] = value if value is not None else 0.0
+        if lagged:
+            out.update((self.lagged or Lagged()).analyze())
         out["errors_by_status"] = dict(sorted(self.errors.items()))
         return out
 
@@ -190,37 +309,103 @@ class Recorder:
         self.timeline: dict[int, list] = {}   # second -> [pass, fail, frames, LogHistogram]
         self.by_batch: dict[int, Series] = {}  # batch size -> the window's requests of that size
         self.last_done = 0.0                  # the latest completion time recorded
+        # while the window has seen one batch size only, by_batch holds the window series itself for it (the
+        # same requests): one series fewer to update per request; a second size splits them (_split_batches)
+        self._solo: int | None = None
+        # the hot path's shortcuts: the series (merges update them in place), the phase edges, the current second
+        self._total, self._warmup, self._window = self.series["total"], self.series["warmup"], self.series["window"]
+        self._warmup_end, self._window_end = phases.warmup_end, phases.window_end
+        self._sec, self._cell = None, None   # the timeline's latest second and its cell
 
     def _new(self) -> Series:
         return Series(ovms=OvmsHistogram(self.factor, self.base))
 
-    def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None = None) -> None:
+    def record(self, ok: bool, latency: float, frames: int, done: float, status: str | None = None,
+               lag: float | None = None) -> None:
+        """One request: its latency (seconds), frames, completion time (wall clock), failure status; in an
+        open-loop run its schedule lag (seconds; ``latency`` then runs from the intended start)."""
         if done > self.last_done:
             self.last_done = done
-        self.series["total"].record(ok, latency, frames, done, status)
-        phase = self.phases.of(done)
+        # the buckets, once: LogHistogram's (stats._bucket) and the OVMS histogram's
+        k = 0 if latency <= MIN_LATENCY_S else min(int(_log(latency / MIN_LATENCY_S) / _LOG_GAMMA), _MAX_INDEX)
+        o = int((self.factor * latency) ** self.base)
+        self._total.add(ok, latency, frames, done, status, k, o)
+        if done < self._warmup_end:
+            phase: Series | None = self._warmup
+        elif done < self._window_end:
+            phase = self._window
+            if frames != self._solo:
+                if not self.by_batch:   # the window's first request: its batch size is the window's so far
+                    self._solo = frames
+                    self.by_batch[frames] = phase
+                else:
+                    if self._solo is not None:
+                        self._split_batches()
+                    per = self.by_batch.get(frames)
+                    if per is None:
+                        per = self.by_batch[frames] = self._new()
+                    per.add(ok, latency, frames, done, status, k, o)
+        else:
+            phase = None
         if phase is not None:
-            self.series[phase].record(ok, latency, frames, done, status)
-            if phase == "window":
-                per = self.by_batch.get(frames)
-                if per is None:
-                    per = self.by_batch[frames] = self._new()
-                per.record(ok, latency, frames, done, status)
+            phase.add(ok, latency, frames, done, status, k, o)
         sec = int(done)
-        cell = self.timeline.get(sec)
-        if cell is None:
-            cell = self.timeline[sec] = [0, 0, 0, LogHistogram()]
+        cell = self._cell
+        if sec != self._sec:
+            cell = self.timeline.get(sec)
+            if cell is None:
+                cell = self.timeline[sec] = [0, 0, 0, LogHistogram()]
+            self._sec, self._cell = sec, cell
         cell[0 if ok else 1] += 1
         cell[2] += frames
-        cell[3].record(latency)
+        h = cell[3]
+        b = h.buckets
+        b[k] = b.get(k, 0) + 1
+        h.count += 1
+        if latency < h.min:
+            h.min = latency
+        if latency > h.max:
+            h.max = latency
+        if lag is not None:
+            self._record_lag(latency - lag, lag, phase)
+
+    def _split_batches(self) -> None:
+        """A second batch size in the window: the first size's requests so far become a series of their own."""
+        solo, self._solo = self._solo, None
+        if solo is not None:
+            self.by_batch[solo] = self._batch_copy(self._window)
+
+    def _batch_copy(self, series: Series) -> Series:
+        return Series.from_dict(self._batch_dict(series), self.factor, self.base)
+
+    @staticmethod
+    def _batch_dict(series: Series) -> dict:
+        d = series.to_dict()
+        d.pop("s", None)   # the breakdown by batch size has no open-loop part (the window's, while it stands in)
+        return d
+
+    def _record_lag(self, service: float, lag: float, phase: Series | None) -> None:
+        """The open-loop part of record(): the service time and the lag, in the total and the request's phase."""
+        ks = 0 if service <= MIN_LATENCY_S else min(int(_log(service / MIN_LATENCY_S) / _LOG_GAMMA), _MAX_INDEX)
+        kl = 0 if lag <= MIN_LATENCY_S else min(int(_log(lag / MIN_LATENCY_S) / _LOG_GAMMA), _MAX_INDEX)
+        total = self._total.lagged
+        if total is None:
+            total = self._total.lagged = Lagged()
+        total.add(service, lag, ks, kl)
+        if phase is not None:
+            part = phase.lagged
+            if part is None:
+                part = phase.lagged = Lagged()
+            part.add(service, lag, ks, kl)
 
     def snapshot(self) -> dict:
         return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base, "last": self.last_done,
                 "series": {k: s.to_dict() for k, s in self.series.items()},
                 "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()],
-                "by_batch": [[bs, s.to_dict()] for bs, s in self.by_batch.items()]}
+                "by_batch": [[bs, self._batch_dict(s)] for bs, s in self.by_batch.items()]}
 
     def merge_snapshot(self, snap: dict, series_only: bool = False) -> None:
+        self._split_batches()   # merged into, the window and its one batch size part ways
         self.last_done = max(self.last_done, snap.get("last", 0.0))
         for name, d in snap["series"].items():
             self.series[name].merge(Series.from_dict(d, self.factor, self.base))

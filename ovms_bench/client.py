@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--report_warmup", action="store_true", help="also report the warmup_* keys")
     o.add_argument("-e", "--error_limit", type=_NONNEG_INT, help="stop after more than this many failures")
     o.add_argument("-x", "--error_exposition", type=_NONNEG_INT, help="print the first N failures (0: all)")
-    o.add_argument("--max_throughput", type=_POS_FLOAT, help="frames/s for the whole test, shared by the users")
+    o.add_argument("--max_throughput", type=_POS_FLOAT,
+                   help="open-loop load: frames/s for the whole test, started on one schedule the users share "
+                        "(whether or not earlier requests finished); latency from each request's intended start")
     o.add_argument("--min_value", type=_number(float), help="lowest random value (default 0)")
     o.add_argument("--max_value", type=_number(float), help="highest random value (default 255)")
     o.add_argument("--xrand", type=_POS_INT, help="seed points per png-xrandom image (default 8)")
@@ -156,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--report_file", help="also write the self-contained HTML report here")
     x.add_argument("--status_line", choices=("auto", "on", "off"), default="auto",
                    help="live one-line status on stderr (auto: on a terminal only)")
-    x.add_argument("--seed", type=_NONNEG_INT, help="seed of the generated data")
+    x.add_argument("--seed", type=_NONNEG_INT, help="seed of the generated data (and of Poisson arrivals)")
+    x.add_argument("--arrival_rate", type=_POS_FLOAT,
+                   help="open-loop load in requests/s for the whole test (instead of --max_throughput's frames/s)")
+    x.add_argument("--arrivals", choices=("constant", "poisson"),
+                   help="open loop: constant spacing (default) or Poisson arrivals")
     x.add_argument("--check_fail_ratio", type=_number(float, 0, 1), help="exit code 3 above this failed share")
     x.add_argument("--check_p99_ms", type=_POS_FLOAT, help="exit code 3 above this window p99 (ms)")
     x.add_argument("--check_rps", type=_POS_FLOAT, help="exit code 3 below this window req/s")
@@ -187,6 +193,10 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("give -t/--duration SECONDS or -n/--steps_number N (or both: whichever ends first)")
     if a.min_value is not None and a.max_value is not None and a.min_value > a.max_value:
         p.error(f"--min_value {a.min_value:g} is above --max_value {a.max_value:g}")
+    if a.arrival_rate and a.max_throughput:
+        p.error("--arrival_rate (requests/s) and --max_throughput (frames/s) both set the open-loop rate: give one")
+    if a.arrivals == "poisson" and not (a.arrival_rate or a.max_throughput):
+        p.error("--arrivals poisson needs a rate: --arrival_rate R or --max_throughput F")
     if a.processes and (a.master or a.worker):
         p.error("--processes runs its own master and workers: drop --master/--worker, or --processes")
     if a.stateful_length and a.stateful_length < 2 and a.api == "TFS":
@@ -219,7 +229,8 @@ def _suite_options(a: argparse.Namespace) -> list[str]:
              "db_endpoint": a.db_endpoint, "result_file": a.result_file, "report_file": a.report_file,
              "seed": a.seed, "check_fail_ratio": a.check_fail_ratio, "check_p99_ms": a.check_p99_ms,
              "check_rps": a.check_rps, "status_line": a.status_line, "report_interval": a.sync_interval,
-             "warmup": a.warmup or None, "window": a.window}
+             "warmup": a.warmup or None, "window": a.window, "arrival_rate": a.arrival_rate,
+             "arrivals": a.arrivals}
     for name, value in pairs.items():
         if value is not None:
             out += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]

@@ -142,5 +142,6 @@ def _new_run(environment, **_kw) -> None:
     CACHE.reset_run()
     runner, parsed = environment.runner, environment.parsed_options
     if parsed is not None and not isinstance(runner, WorkerRunner):
-        # the test's user count, for --max_throughput's share per user: custom options travel to the workers
+        # the test's user count, for each process's share of an open-loop rate (--arrival_rate, --max_throughput):
+        # custom options travel to the workers
         parsed.ovms_users_total = getattr(runner, "target_user_count", None) or getattr(parsed, "num_users", 1)

@@ -60,9 +60,19 @@ _ARGS: tuple[tuple[str, str, str], ...] = (
     ("error_limit", "0", "stop the test once a load process has seen more than this many failed requests; "
                          "0 = no limit"),
     ("error_exposition", "10", "print the first N failed requests in full; 0 = every one"),
-    ("max_throughput", "", "rate limit: frames per second for the whole test, shared equally by its users (each "
-                           "paced to a schedule, so a slow reply is not made up by a burst); default: no limit"),
+    ("max_throughput", "", "open-loop load in frames per second for the whole test: requests start on a schedule "
+                           "whether or not earlier ones finished, each advancing it by its batch size; latency is "
+                           "measured from each request's intended start (see --arrival_rate); default: closed loop"),
+    ("arrival_rate", "", "open-loop load in requests per second for the whole test (all processes and workers, "
+                         "split in proportion to their users): requests start on a schedule whether or not earlier "
+                         "ones finished, at most one in flight per user; latency is measured from each request's "
+                         "intended start; 0 or empty = closed loop"),
+    ("arrivals", "constant", "open-loop arrivals: constant (evenly spaced) or poisson (exponential gaps from a "
+                             "seeded generator, --seed)"),
 )
+
+#: --arrivals values
+ARRIVALS = ("constant", "poisson")
 
 
 def add_arguments(parser: Any) -> None:
@@ -204,10 +214,17 @@ class BenchOptions:
     error_limit: int = 0
     error_exposition: int = 10
     max_throughput: float | None = None
+    arrival_rate: float | None = None
+    arrivals: str = "constant"
 
     @property
     def stateful(self) -> bool:
         return self.stateful_length > 0
+
+    @property
+    def open_loop(self) -> bool:
+        """--arrival_rate or --max_throughput: requests start on a schedule, not when the previous one ended."""
+        return self.arrival_rate is not None or self.max_throughput is not None
 
     @property
     def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
@@ -240,6 +257,20 @@ class BenchOptions:
             raise OptionError("--stateful_length", "must be at least 2 over the TFS API, whose control input says "
                                                    "either start or end; use 2 or more, or --api kfs")
         path = lambda name: Path(str(get(name))).expanduser() if get(name) else None  # noqa: E731
+        max_throughput = _float("max_throughput", get("max_throughput"), positive=True) \
+            if get("max_throughput") else None
+        arrival_rate = _float("arrival_rate", get("arrival_rate")) if get("arrival_rate") else None
+        if arrival_rate is not None and arrival_rate < 0:
+            raise OptionError("--arrival_rate", f"needs requests per second > 0 (or 0 for closed-loop load), got "
+                                                f"{arrival_rate:g}")
+        arrival_rate = arrival_rate or None
+        arrivals = _choice("arrivals", get("arrivals") or "constant", ARRIVALS)
+        if arrival_rate is not None and max_throughput is not None:
+            raise OptionError("--arrival_rate", "give either --arrival_rate (requests/s) or --max_throughput "
+                                                "(frames/s), not both")
+        if arrivals != "constant" and arrival_rate is None and max_throughput is None:
+            raise OptionError("--arrivals", f"{arrivals} arrivals need a rate: give --arrival_rate (requests/s) or "
+                                            "--max_throughput (frames/s)")
         return cls(
             api=api, model_name=model, model_version=version, batch_sizes=bs,
             shape=ShapeOption.parse(get("shape") or ""), data=data,
@@ -257,6 +288,5 @@ class BenchOptions:
             error_limit=_int("error_limit", get("error_limit") or "0"),
             error_exposition=_int("error_exposition", get("error_exposition") if get("error_exposition") is not None
                                   else "10"),
-            max_throughput=_float("max_throughput", get("max_throughput"), positive=True)
-            if get("max_throughput") else None,
+            max_throughput=max_throughput, arrival_rate=arrival_rate, arrivals=arrivals,
         )

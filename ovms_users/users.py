@@ -1,10 +1,17 @@
 """Locust users that drive inference: TFS and KServe v2, over gRPC and REST.
 
-Each user has its own connection (a gRPC channel, or a keep-alive HTTP connection from
-geventhttpclient, the client behind Locust's FastHttpUser), made in ``on_start`` (after any fork)
-and closed in ``on_stop``. The hot path picks the next request encoded before the test, splices in
+Each user has its own connection (HTTP/2 for gRPC, ovms_wire.h2grpc; keep-alive HTTP/1.1 for REST,
+ovms_wire.http1), made in ``on_start`` (after any fork), connected on the first request and closed in
+``on_stop``. The hot path picks the next request encoded before the test, splices in
 the sequence fragment if the model is stateful, sends it, and fires Locust's ``request`` event;
 the reply is not parsed.
+
+Closed loop (the default), a user sends its next request when the previous one has finished. Open loop
+(``--arrival_rate``, ``--max_throughput``), the users of a process are a pool that serves one shared
+schedule of intended start times (ovms_users.arrivals): a free user claims the next one, sleeps until it
+(interruptible by a stop, as Locust's own waits) or sends at once if it has passed. Its ``request`` event
+then says ``response_time`` from the intended start, ``start_time`` the intended start (wall clock), and
+``context["schedule_lag_ms"]`` how late it actually started.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import grpc
 from locust import FastHttpUser, User, constant
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
+from locust.user.task import LOCUST_STATE_RUNNING, LOCUST_STATE_WAITING
 
+from ovms_users.arrivals import SCHEDULE, Schedule
 from ovms_users.errors import OvmsUserError
 from ovms_users.options import BenchOptions
 from ovms_users.senders import SENDERS
@@ -123,10 +132,17 @@ class InferenceMixin:
         self._next = n % self._size    # users start at different entries, not in lockstep
         self.sequence = Sequence(w, base, hop) if w.options.stateful else None
         self._meta = (w.protocol.request_type, w.name, w.protocol.name, w.spec.name, w.spec.version)
+        # the request event's context outside sequences, one per batch size: built once, shared, never changed
+        self._contexts = {bs: {"frames": bs, "api": w.protocol.name, "model": w.spec.name, "version": w.spec.version,
+                               "sequence_id": None} for bs in set(w.batch)}
         # requests this user may still send under --steps_number; None: no limit; then idle once it is 0
         self._left: int | None = w.options.steps_number or None
         self._idle = False
-        self._due = 0.0   # --max_throughput: when this user's next request is due (perf_counter seconds)
+        self._schedule: Schedule | None = None
+        if w.options.open_loop:   # --arrival_rate / --max_throughput: this process's schedule, shared by its users
+            configure_schedule(env, w.options, worker_index)
+            SCHEDULE.join()
+            self._schedule = SCHEDULE
         if self._left:
             w.active_users += 1
             runner = self.environment.runner
@@ -153,29 +169,15 @@ class InferenceMixin:
             body, headers = w.requests[i]
         else:
             body, headers = w.protocol.request(w.encoded[i], self.sequence.next_fragment())
-        if w.options.max_throughput:
-            self._pace(w.batch[i], w.options.max_throughput)
-        self._send(body, headers, w.batch[i])
-
-    def _pace(self, frames: int, max_throughput: float) -> None:
-        """Wait for this request's slot: each user sends ``max_throughput / users`` frames/s on a schedule.
-
-        The original slept after each reply; a schedule keeps the rate when replies vary, and one that
-        fell behind by more than a request restarts from now instead of bursting to catch up.
-        """
-        parsed = self.environment.parsed_options
-        users = getattr(parsed, "ovms_users_total", None) or getattr(self.environment.runner, "target_user_count", 1)
-        now = time.perf_counter()
-        interval = frames * max(int(users or 1), 1) / max_throughput
-        if self._due < now - interval:
-            self._due = now
-        if self._due > now:
-            gevent.sleep(self._due - now)
-        self._due += interval
+        if self._schedule is None:
+            self._send(body, headers, w.batch[i])
+        else:
+            self._send_scheduled(body, headers, w.batch[i])
 
     tasks = [infer]   # a plain mixin: Locust collects `tasks` from the bases, not @task methods
 
     def _send(self, body: bytes, headers: dict[str, str], frames: int) -> None:
+        """Closed loop: send now; the latency runs from now."""
         seq = self.sequence
         request_type, name, api, model, version = self._meta
         start_time = time.time()
@@ -185,8 +187,36 @@ class InferenceMixin:
         self.environment.events.request.fire(
             request_type=request_type, name=name, response_time=elapsed_ms, response_length=length,
             response=None, exception=exc, start_time=start_time, url=None,
+            context=self._contexts[frames] if seq is None else
+            {"frames": frames, "api": api, "model": model, "version": version, "sequence_id": seq.id})
+        if seq is not None:
+            seq.after(exc)
+        if exc is not None:
+            self._failed(exc, name, frames, elapsed_ms)
+
+    def _send_scheduled(self, body: bytes, headers: dict[str, str], frames: int) -> None:
+        """Open loop: claim the schedule's next intended start, wait for it if it lies ahead, send; the latency
+        runs from the intended start, and the lag (actual - intended start) goes with the event."""
+        sched: Schedule = self._schedule   # type: ignore[assignment]
+        due = sched.claim(frames)
+        start = time.perf_counter()
+        if due > start:
+            # asleep like Locust's own waits: a stop ends the user here rather than after one more request
+            self._state = LOCUST_STATE_WAITING
+            gevent.sleep(due - start)
+            self._state = LOCUST_STATE_RUNNING
+            start = time.perf_counter()
+            if start < due:   # woken a hair early: on time
+                due = start
+        length, exc = self.sender.send(body, headers, self._timeout)
+        elapsed_ms = (time.perf_counter() - due) * 1000.0
+        seq = self.sequence
+        request_type, name, api, model, version = self._meta
+        self.environment.events.request.fire(
+            request_type=request_type, name=name, response_time=elapsed_ms, response_length=length,
+            response=None, exception=exc, start_time=due + sched.wall, url=None,
             context={"frames": frames, "api": api, "model": model, "version": version,
-                     "sequence_id": seq.id if seq is not None else None})
+                     "sequence_id": None if seq is None else seq.id, "schedule_lag_ms": (start - due) * 1000.0})
         if seq is not None:
             seq.after(exc)
         if exc is not None:
@@ -209,6 +239,12 @@ class InferenceMixin:
         if getattr(self, "_left", None) and not self._idle:   # stopped (ramp-down) before its --steps_number
             self._idle = True
             self.workload.active_users -= 1
+        if getattr(self, "_schedule", None) is not None:   # the pool shrinks; a worker's share follows its users
+            self._schedule = None
+            SCHEDULE.leave()
+            if SCHEDULE.users:
+                configure_schedule(self.environment, self.workload.options,
+                                   getattr(self.environment.runner, "worker_index", 0) or 0)
         seq = getattr(self, "sequence", None)
         if seq is not None and seq.open:   # leave no open sequence on the server: end it (a counted request)
             seq.position = seq.length - 1
@@ -253,6 +289,22 @@ class KfsRestUser(_RestUser):
     """KServe v2 REST API (OVMS, Triton, MLServer, KServe)."""
     abstract = True
     api = "kfs-rest"
+
+
+def configure_schedule(environment, opts: BenchOptions, worker_index: int) -> None:
+    """This process's share of the open-loop rate: the test's rate times its users over the test's users.
+
+    A worker's users are those the master gave it (its target, set before they spawn); the test's users
+    travel from the master (``ovms_users_total``, set at test start). A single process takes the whole rate.
+    """
+    rate = opts.arrival_rate or opts.max_throughput or 0.0
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        mine = max(int(getattr(runner, "target_user_count", 0) or 0), 1)
+        total = int(getattr(environment.parsed_options, "ovms_users_total", 0) or 0) or mine
+        rate *= min(1.0, mine / max(total, 1))
+    SCHEDULE.configure(rate, per_frame=opts.arrival_rate is None, poisson=opts.arrivals == "poisson",
+                       seed=opts.seed or 0, worker_index=worker_index)
 
 
 def check_done(environment) -> None:

@@ -184,6 +184,19 @@ def test_max_throughput_and_value_range(odd_server, tmp_path):
     assert stats_of(tmp_path)["window_brutto_frame_rate"] == pytest.approx(100, rel=0.1)
 
 
+def test_arrival_rate_poisson(odd_server, tmp_path):
+    out = bench(*addr(odd_server), "-m", "quick", "-t", "4", "-u", "1", "-w", "2", "--arrival_rate", "150",
+                "--arrivals", "poisson", "--seed", "4", "--api", "KFS", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stats = stats_of(tmp_path)
+    assert stats["arrival_process"] == "poisson" and stats["arrival_rate_target"] == 150
+    assert stats["window_total_batches"] == pytest.approx(300, abs=4 * 300 ** 0.5)   # 4 sd of a Poisson count
+    for flags in (("--arrival_rate", "10", "--max_throughput", "10"), ("--arrivals", "poisson")):
+        bad = bench(*addr(odd_server), "-m", "quick", "-t", "1", *flags, cwd=tmp_path)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) <= 2 and "Traceback" not in bad.stderr
+        assert "--arrival" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_stateful_sequences(refserver, tmp_path):
     out = bench(*addr(refserver), "-m", "stateful", "-q", "4", "--stateful_id", "70", "--stateful_hop", "5", "-n",
                 "8", cwd=tmp_path)
