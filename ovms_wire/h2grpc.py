@@ -29,7 +29,7 @@ from urllib.parse import unquote
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from ovms_wire.netio import Deadline, open_io
+from ovms_wire.netio import Deadline, Endpoint, open_io
 
 __all__ = ["H2Channel", "GrpcCallError", "Status", "timeout_header", "STATUS_NAMES"]
 
@@ -127,22 +127,14 @@ def header_block(path: str, authority: str, tls: bool, timeout: float | None, us
     return block
 
 
-class H2Channel:
+class H2Channel(Endpoint):
     """One HTTP/2 connection to ``host:port``, opened on first use and again after it breaks; not shared
     between greenlets (each load user has its own)."""
 
-    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None, connect_timeout: float = 10.0,
-                 user_agent: str = "ovms-locust-bench"):
-        self.host, self.port = host, port
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname or host
-        self.connect_timeout = connect_timeout
-        self.user_agent = user_agent
-        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    def __init__(self, host: str, port: int, **endpoint: object):
+        super().__init__(host, port, **endpoint)
         self._blocks: dict[tuple[str, float | None], bytes] = {}
         self.sock: socket.socket | None = None
-        self.connections = 0          # how many times it connected (a reconnect is visible to tests)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -163,23 +155,18 @@ class H2Channel:
         self.close()
         self._reset_state()
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock = self.open_socket()
         except TimeoutError:
             raise GrpcCallError(UNAVAILABLE, f"failed to connect to {self.authority}: timed out") from None
+        except ssl.SSLError as exc:   # (and CertificateError)
+            raise GrpcCallError(UNAVAILABLE, f"TLS handshake with {self.authority} failed: "
+                                             f"{getattr(exc, 'reason', None) or exc}") from None
         except OSError as exc:
             raise GrpcCallError(UNAVAILABLE, f"failed to connect to {self.authority}: "
                                              f"{exc.strerror or exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
-            except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
-                sock.close()
-                raise GrpcCallError(UNAVAILABLE, f"TLS handshake with {self.authority} failed: "
-                                                 f"{getattr(exc, 'reason', None) or exc}") from None
-            if sock.selected_alpn_protocol() != "h2":
-                sock.close()
-                raise GrpcCallError(UNAVAILABLE, f"{self.authority} did not agree to HTTP/2 (ALPN h2)")
+        if self.ssl_context is not None and sock.selected_alpn_protocol() != "h2":
+            sock.close()
+            raise GrpcCallError(UNAVAILABLE, f"{self.authority} did not agree to HTTP/2 (ALPN h2)")
         settings = struct.pack(">HIHIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE, RECV_WINDOW,
                                SETTINGS_MAX_FRAME_SIZE, RECV_FRAME)
         grant = MAX_WINDOW - 65535

@@ -11,10 +11,9 @@ race with an idle timeout. Sockets come from :mod:`ovms_wire.netio` (cooperative
 
 from __future__ import annotations
 
-import socket
 import ssl
 
-from ovms_wire.netio import Deadline, open_io
+from ovms_wire.netio import Deadline, Endpoint, open_io
 
 __all__ = ["Http1Connection", "HttpProtocolError"]
 
@@ -32,34 +31,18 @@ class _Closed(Exception):
         self.early = early
 
 
-class Http1Connection:
+class Http1Connection(Endpoint):
     """One HTTP/1.1 connection to ``host:port``; not shared between greenlets (each load user has its own)."""
 
-    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None, connect_timeout: float = 10.0,
-                 user_agent: str = "ovms-locust-bench"):
-        self.host, self.port = host, port
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname or host
-        self.connect_timeout = connect_timeout
-        self.user_agent = user_agent
-        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    def __init__(self, host: str, port: int, **endpoint: object):
+        super().__init__(host, port, **endpoint)
         self._heads: dict[tuple[str, int], tuple[dict, bytes]] = {}
         self._io = None
-        self.connections = 0   # how many times it connected
         self._used = 0         # requests on the current connection
 
     def connect(self) -> None:
         self.close()
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
-            except BaseException:
-                sock.close()
-                raise
-        self._io = open_io(sock)
+        self._io = open_io(self.open_socket())
         self.connections += 1
         self._used = 0
 

@@ -16,7 +16,7 @@ import ssl
 import sys
 import time
 
-__all__ = ["Deadline", "open_io"]
+__all__ = ["Deadline", "Endpoint", "open_io"]
 
 
 class Deadline(Exception):
@@ -144,3 +144,30 @@ def open_io(sock: socket.socket) -> _BlockingIO | _GeventIO:
     if not isinstance(sock, ssl.SSLSocket) and _gevent_patched():
         return _GeventIO(sock)
     return _BlockingIO(sock)
+
+
+class Endpoint:
+    """Where a connection goes (``host:port``, TLS, connect timeout, user agent), and how its socket is opened."""
+
+    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None, connect_timeout: float = 10.0,
+                 user_agent: str = "ovms-locust-bench"):
+        self.host, self.port = host, port
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname or host
+        self.connect_timeout = connect_timeout
+        self.user_agent = user_agent
+        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.connections = 0   # how many times it connected (a reconnect is visible to tests)
+
+    def open_socket(self) -> socket.socket:
+        """A connected TCP socket (no Nagle), TLS-wrapped if the endpoint has a context; closed on failure."""
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
