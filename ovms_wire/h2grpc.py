@@ -81,6 +81,11 @@ class GrpcCallError(Exception):
         return self.status.message
 
 
+class _Unprocessed(GrpcCallError):
+    """The server did not take the call: a GOAWAY below its stream, or a kept-alive connection that closed
+    before any of its reply arrived. Worth one more try on a new connection."""
+
+
 def _int(value: int, prefix_bits: int, first: int = 0) -> bytes:
     """HPACK integer (RFC 7541 5.1) with an N-bit prefix, OR-ed into ``first``."""
     limit = (1 << prefix_bits) - 1
@@ -204,7 +209,10 @@ class H2Channel(Endpoint):
         """Send one serialized request message; return its status, the reply's message length, and the
         reply's message bytes if ``want_reply``. Transport failures are returned as a status too."""
         try:
-            return self._unary(path, message, timeout, want_reply)
+            try:
+                return self._unary(path, message, timeout, want_reply)
+            except _Unprocessed:   # once more, on a new connection (as HTTP clients do for a reused one)
+                return self._unary(path, message, timeout, want_reply)
         except GrpcCallError as exc:
             return exc.status, 0, None
 
@@ -236,7 +244,8 @@ class H2Channel(Endpoint):
             raise GrpcCallError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             self.close()
-            raise GrpcCallError(UNAVAILABLE, f"connection to {self.authority} lost: {exc}") from None
+            lost = _Unprocessed if self._untouched(sid) else GrpcCallError
+            raise lost(UNAVAILABLE, f"connection to {self.authority} lost: {exc}") from None
         except BaseException:   # killed mid-call (a stopping user): the stream is in an unknown state
             self.close()
             raise
@@ -310,12 +319,17 @@ class H2Channel(Endpoint):
         message = trailers.get(b"grpc-message", b"")
         return Status(int(raw) if raw.isdigit() else UNKNOWN, unquote(message.decode("utf-8", "replace")))
 
+    def _untouched(self, sid: int) -> bool:
+        """Did the connection carry calls before this one, and has nothing of this one's reply come back?"""
+        return sid > 1 and self._headers is None and not self._length and not self._done
+
     def _read_once(self, sid: int) -> None:
         """Read once from the socket and handle every whole frame in the buffer."""
         data = self._io.recv()
         if not data:
+            lost = _Unprocessed if self._untouched(sid) else GrpcCallError
             self.close()
-            raise GrpcCallError(UNAVAILABLE, f"{self.authority} closed the connection")
+            raise lost(UNAVAILABLE, f"{self.authority} closed the connection")
         buf = self.buf + data if self.buf else data
         pos, end = 0, len(buf)
         while end - pos >= 9:
@@ -423,9 +437,9 @@ class H2Channel(Endpoint):
         elif kind == GOAWAY:
             last, error = struct.unpack_from(">II", payload)
             self.goaway_last = last & 0x7FFFFFFF
-            if sid > self.goaway_last:   # our stream was not processed: safe to retry, reported as UNAVAILABLE
+            if sid > self.goaway_last:   # our stream was not processed (RFC 9113 6.8): safe to try again
                 debug = payload[8:].decode("utf-8", "replace")
-                raise GrpcCallError(UNAVAILABLE, f"{self.authority} is closing the connection (GOAWAY {error}"
+                raise _Unprocessed(UNAVAILABLE, f"{self.authority} is closing the connection (GOAWAY {error}"
                                                  f"{': ' + debug if debug else ''})")
         elif kind == PUSH_PROMISE:
             self.close()

@@ -258,63 +258,92 @@ def test_under_gevent_users_share_the_hub(refserver, slow_server, tmp_path):
     assert out["slow_after"] == "OK"
 
 
-def _early_reply_server(listener: socket.socket, served: list) -> None:
-    """A minimal HTTP/2 server that does what RFC 9113 8.1 allows (and nginx does): it answers each
-    stream as soon as its HEADERS arrive, whole, then resets it with NO_ERROR, without reading the body."""
+def _h2_server(listener: socket.socket, served: list, calls: int = 3, per_connection: int = 3, reset: bool = True,
+               goaway: bool = False) -> None:
+    """A minimal HTTP/2 server for what the real servers here do not do. It answers each stream as soon as its
+    HEADERS arrive, whole, then (``reset``) resets it with NO_ERROR without reading the body, as RFC 9113 8.1
+    allows and nginx does; after ``per_connection`` calls it closes the connection while the client is idle
+    (after a GOAWAY if ``goaway``), as an idle timeout does."""
     from hpack import Encoder as Enc
-
-    conn, _ = listener.accept()
-    conn.settimeout(10)
-    enc, buf = Enc(), b""
 
     def frame(kind, flags, sid, payload=b""):
         return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
 
-    conn.sendall(frame(4, 0, 0))   # SETTINGS (defaults: 64 KB windows)
-    try:
-        while len(served) < 3:
-            data = conn.recv(65536)
-            if not data:
-                break
-            buf += data
-            if buf.startswith(b"PRI * HTTP/2.0"):
-                buf = buf[24:]
-            while len(buf) >= 9:
-                length = int.from_bytes(buf[:3], "big")
-                if len(buf) < 9 + length:
+    while len(served) < calls:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        enc, buf, here = Enc(), b"", 0
+        conn.sendall(frame(4, 0, 0))   # SETTINGS (defaults: 64 KB windows)
+        try:
+            while here < per_connection and len(served) < calls:
+                data = conn.recv(65536)
+                if not data:
                     break
-                kind, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-                buf = buf[9 + length:]
-                if kind == 4 and not flags & 1:
-                    conn.sendall(frame(4, 1, 0))
-                elif kind == 1:   # a request's HEADERS: the whole reply, then RST_STREAM(NO_ERROR)
-                    served.append(sid)
-                    head = enc.encode([(":status", "200"), ("content-type", "application/grpc")])
-                    conn.sendall(frame(1, 4, sid, head)
-                                 + frame(0, 0, sid, b"\x00\x00\x00\x00\x02hi")
-                                 + frame(1, 5, sid, enc.encode([("grpc-status", "0")]))
-                                 + frame(3, 0, sid, b"\x00\x00\x00\x00"))
-    finally:
-        time.sleep(0.2)
-        conn.close()
+                buf += data
+                if buf.startswith(b"PRI * HTTP/2.0"):
+                    buf = buf[24:]
+                while len(buf) >= 9:
+                    length = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + length:
+                        break
+                    kind, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    buf = buf[9 + length:]
+                    if kind == 4 and not flags & 1:
+                        conn.sendall(frame(4, 1, 0))
+                    elif kind == 1 and here < per_connection:   # a request's HEADERS: the whole reply at once
+                        served.append(sid)
+                        here += 1
+                        head = enc.encode([(":status", "200"), ("content-type", "application/grpc")])
+                        conn.sendall(frame(1, 4, sid, head)
+                                     + frame(0, 0, sid, b"\x00\x00\x00\x00\x02hi")
+                                     + frame(1, 5, sid, enc.encode([("grpc-status", "0")]))
+                                     + (frame(3, 0, sid, b"\x00\x00\x00\x00") if reset else b""))
+            time.sleep(0.2)
+            if goaway:
+                conn.sendall(frame(7, 0, 0, (max(served) if served else 0).to_bytes(4, "big") + b"\x00\x00\x00\x00"))
+        finally:
+            conn.close()
 
 
-@pytest.mark.parametrize("size", [10, 300_000])   # within the first frame; far beyond the 64 KB window
-def test_a_whole_reply_then_a_no_error_reset_is_a_success(size):
+def _serve(**kw) -> tuple[socket.socket, list, object]:
     import threading
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener.listen(2)
     served: list = []
-    thread = threading.Thread(target=_early_reply_server, args=(listener, served), daemon=True)
+    thread = threading.Thread(target=_h2_server, args=(listener, served), kwargs=kw, daemon=True)
     thread.start()
+    return listener, served, thread
+
+
+@pytest.mark.parametrize("size", [10, 300_000])   # within the first frame; far beyond the 64 KB window
+def test_a_whole_reply_then_a_no_error_reset_is_a_success(size):
+    listener, served, thread = _serve()
     ch = H2Channel("127.0.0.1", listener.getsockname()[1])
     try:
         for _ in range(3):
             status, length, reply = ch.unary(KFS_INFER, b"x" * size, timeout=5, want_reply=True)
             assert (status.code, length, reply) == (0, 2, b"hi"), status
         assert served == [1, 3, 5] and ch.connections == 1
+    finally:
+        ch.close()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize("goaway", [False, True])
+def test_a_connection_closed_while_idle_is_tried_once_more(goaway):
+    """The next call finds the kept connection closed before any of its reply: it goes again on a new one
+    (a GOAWAY says so outright: the call's stream is above its last one)."""
+    listener, served, thread = _serve(calls=2, per_connection=1, reset=False, goaway=goaway)
+    ch = H2Channel("127.0.0.1", listener.getsockname()[1])
+    try:
+        assert ch.unary(KFS_INFER, b"x", timeout=5)[0].code == 0
+        time.sleep(0.6)   # the server closes the connection meanwhile
+        status, length, _ = ch.unary(KFS_INFER, b"x", timeout=5)
+        assert (status.code, length) == (0, 2), status
+        assert served == [1, 1] and ch.connections == 2
     finally:
         ch.close()
         thread.join(5)
