@@ -19,11 +19,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from metrics_ext.stats import _LOG_GAMMA, _MAX_INDEX, MIN_LATENCY_S, LogHistogram, Moments, OvmsHistogram, _bucket
+from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram, _bucket
 
 __all__ = ["Series", "Lagged", "Phases", "Recorder", "QUANTILES", "OVMS_KEYS", "LATE_S", "LAGGED_QUANTILES"]
 
-_log = math.log
 
 #: a request that started more than this after its intended start is counted late (``late_requests``):
 #: twice the event loop's timer granularity (libev wakes a sleeper up to 1 ms late), so a run whose client
@@ -59,22 +58,8 @@ class Lagged:
     late: int = 0
 
     def add(self, service: float, lag: float, ks: int, kl: int) -> None:
-        h = self.service
-        b = h.buckets
-        b[ks] = b.get(ks, 0) + 1
-        h.count += 1
-        if service < h.min:
-            h.min = service
-        if service > h.max:
-            h.max = service
-        h = self.lag
-        b = h.buckets
-        b[kl] = b.get(kl, 0) + 1
-        h.count += 1
-        if lag < h.min:
-            h.min = lag
-        if lag > h.max:
-            h.max = lag
+        self.service.add(ks, service)
+        self.lag.add(kl, lag)
         self.service_sum += service
         self.lag_sum += lag
         if lag > LATE_S:
@@ -146,14 +131,7 @@ class Series:
 
     def add(self, ok: bool, latency: float, frames: int, done: float, status: str | None, k: int, o: int) -> None:
         """record() with the request's LogHistogram bucket ``k`` and OVMS histogram bucket ``o`` computed."""
-        h = self.hdr
-        b = h.buckets
-        b[k] = b.get(k, 0) + 1
-        h.count += 1
-        if latency < h.min:
-            h.min = latency
-        if latency > h.max:
-            h.max = latency
+        self.hdr.add(k, latency)
         b = self.ovms.buckets
         b[o] = b.get(o, 0) + frames
         if ok:
@@ -327,7 +305,7 @@ class Recorder:
         if done > self.last_done:
             self.last_done = done
         # the buckets, once: LogHistogram's (stats._bucket) and the OVMS histogram's
-        k = 0 if latency <= MIN_LATENCY_S else min(int(_log(latency / MIN_LATENCY_S) / _LOG_GAMMA), _MAX_INDEX)
+        k = _bucket(latency)
         o = int((self.factor * latency) ** self.base)
         self._total.add(ok, latency, frames, done, status, k, o)
         if done < self._warmup_end:
@@ -358,14 +336,7 @@ class Recorder:
             self._sec, self._cell = sec, cell
         cell[0 if ok else 1] += 1
         cell[2] += frames
-        h = cell[3]
-        b = h.buckets
-        b[k] = b.get(k, 0) + 1
-        h.count += 1
-        if latency < h.min:
-            h.min = latency
-        if latency > h.max:
-            h.max = latency
+        cell[3].add(k, latency)
         if lag is not None:
             self._record_lag(latency - lag, lag, phase)
 
@@ -386,8 +357,7 @@ class Recorder:
 
     def _record_lag(self, service: float, lag: float, phase: Series | None) -> None:
         """The open-loop part of record(): the service time and the lag, in the total and the request's phase."""
-        ks = 0 if service <= MIN_LATENCY_S else min(int(_log(service / MIN_LATENCY_S) / _LOG_GAMMA), _MAX_INDEX)
-        kl = 0 if lag <= MIN_LATENCY_S else min(int(_log(lag / MIN_LATENCY_S) / _LOG_GAMMA), _MAX_INDEX)
+        ks, kl = _bucket(service), _bucket(lag)
         total = self._total.lagged
         if total is None:
             total = self._total.lagged = Lagged()

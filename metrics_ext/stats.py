@@ -87,7 +87,10 @@ class LogHistogram:
     max: float = 0.0
 
     def record(self, value_s: float, weight: int = 1) -> None:
-        k = _bucket(value_s)
+        self.add(_bucket(value_s), value_s, weight)
+
+    def add(self, k: int, value_s: float, weight: int = 1) -> None:
+        """record() with the value's bucket ``k = _bucket(value_s)`` already computed (shared by several)."""
         self.buckets[k] = self.buckets.get(k, 0) + weight
         self.count += weight
         if value_s < self.min:

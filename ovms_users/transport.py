@@ -6,12 +6,12 @@ made after any fork); the one-off calls before the test (metadata, status, listi
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 import grpc
 
 from ovms_users.errors import OptionError
+from ovms_users.http import ssl_context
 from ovms_users.options import BenchOptions
 from ovms_wire.h2grpc import H2Channel
 
@@ -51,7 +51,7 @@ def _read(path: Path | None, option: str) -> bytes | None:
         raise OptionError(option, f"cannot read {path}: {exc.strerror}") from None
 
 
-def _tls_material(opts: BenchOptions) -> tuple[bytes | None, bytes | None, bytes | None]:
+def credentials(opts: BenchOptions) -> grpc.ChannelCredentials:
     root_path, cert_path, key_path = opts.tls_files
     opt = "--certs_dir" if opts.certs_dir else "--ssl_ca/--ssl_cert/--ssl_key"
     root = _read(root_path, "--ssl_ca" if opts.ssl_ca else opt)
@@ -59,34 +59,17 @@ def _tls_material(opts: BenchOptions) -> tuple[bytes | None, bytes | None, bytes
     key = _read(key_path, "--ssl_key" if opts.ssl_key else opt)
     if (cert is None) != (key is None):
         raise OptionError("--ssl_cert/--ssl_key", "give both the client certificate and its key, or neither")
-    return root, cert, key
-
-
-def credentials(opts: BenchOptions) -> grpc.ChannelCredentials:
-    root, cert, key = _tls_material(opts)
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
-
-
-def ssl_context(opts: BenchOptions) -> ssl.SSLContext:
-    """The same trust and client certificate as :func:`credentials`, for an ``ssl`` socket offering ALPN h2."""
-    root, _cert, _key = _tls_material(opts)   # readable, and both or neither of certificate and key
-    root_path, cert_path, key_path = opts.tls_files
-    try:
-        ctx = ssl.create_default_context(cadata=root.decode("ascii", "replace") if root else None)
-        if cert_path is not None:
-            ctx.load_cert_chain(str(cert_path), str(key_path))
-    except (ssl.SSLError, ValueError) as exc:
-        opt = "--certs_dir" if opts.certs_dir else "--ssl_ca/--ssl_cert/--ssl_key"
-        raise OptionError(opt, f"unusable TLS files: {getattr(exc, 'reason', None) or exc}") from None
-    ctx.set_alpn_protocols(["h2"])
-    return ctx
 
 
 def h2_channel(target: str, opts: BenchOptions, tls: bool, connect_timeout: float) -> H2Channel:
     """A user's own HTTP/2 connection to ``host:port`` (``[v6]:port``), TLS as for grpcio's channels."""
+    context = None
+    if wants_tls(opts, tls):
+        context = ssl_context(opts)   # the REST users' context, offering HTTP/2
+        context.set_alpn_protocols(["h2"])
     host, _, port = target.rpartition(":")
-    return H2Channel(host.strip("[]"), int(port), ssl_context=ssl_context(opts) if wants_tls(opts, tls) else None,
-                     connect_timeout=connect_timeout)
+    return H2Channel(host.strip("[]"), int(port), ssl_context=context, connect_timeout=connect_timeout)
 
 
 def wants_tls(opts: BenchOptions, scheme_tls: bool) -> bool:

@@ -236,7 +236,7 @@ class H2Channel(Endpoint):
                 self.send_window -= n
             else:
                 io.sendall(head)
-                self._send_data(sid, prefix, message, self.initial_window)
+                self._send_data(sid, prefix, message)
             io.reply_due = True
             return self._reply(sid)
         except Deadline:
@@ -252,12 +252,12 @@ class H2Channel(Endpoint):
         finally:
             io.end()
 
-    def _send_data(self, sid: int, prefix: bytes, message: bytes, window: int) -> None:
+    def _send_data(self, sid: int, prefix: bytes, message: bytes) -> None:
         """DATA frames within the peer's frame size and both windows, waiting for WINDOW_UPDATEs. The payload
         is the 5-byte prefix then the message, sliced without copying the message."""
         view = memoryview(message)
         total, pos = len(message) + 5, 0
-        self._stream_window = window
+        self._stream_window = self.initial_window
         while pos < total and not self._done:   # done: the server replied (and may have reset) early
             allowed = min(self.send_window, self._stream_window, self.max_frame, total - pos)
             if allowed <= 0:
