@@ -25,7 +25,7 @@ import locust
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
-from metrics_ext.mongo import mask_argv, mask_uri  # regular expressions only: pymongo is imported by an export
+from metrics_ext.mongo import mask_argv, mask_options  # regular expressions only: pymongo is imported by an export
 from metrics_ext.result import build_result, format_summary, ovms_statistics
 from metrics_ext.series import Phases, Recorder
 from metrics_ext.webui import install_web_ui
@@ -414,10 +414,7 @@ class MetricsExtension:
         stop, users = self._stop_of(rec, stop_time, live), self._users()
         options = {k: v for k, v in vars(self.environment.parsed_options or {}).items()
                    if isinstance(v, (str, int, float, bool, type(None), list))}
-        if options.get("db_endpoint"):
-            options["db_endpoint"] = mask_uri(options["db_endpoint"])   # never a password in a result
-        if options.get("web_auth"):
-            options["web_auth"] = "***"
+        options = mask_options(options)   # never a password in a result
         params = {"options": options, "host": self.environment.host, "users": users, "client": _client_identity(),
                   "server": getattr(self.environment, "ovms_server", None)}
         submetrics = self._submetrics(workers)

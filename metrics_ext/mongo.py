@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 __all__ = ["MongoExportError", "MongoInputError", "MongoAlreadyLoaded", "MongoTarget", "parse_endpoint",
            "parse_metadata", "build_document", "export", "load_dump", "DEFAULT_COLLECTION", "DUMP_FORMAT",
-           "escape_key", "unescape_key", "mask_uri"]
+           "escape_key", "unescape_key", "mask_uri", "mask_options"]
 
 #: the collection of a MongoDB URI without a ``collection`` option
 DEFAULT_COLLECTION = "runs"
@@ -89,6 +89,16 @@ def mask_argv(argv: list[str]) -> list[str]:
         elif i and argv[i - 1] in _SECRET_FLAGS:
             arg = "***"
         out.append(mask_uri(arg))
+    return out
+
+
+def mask_options(options: dict) -> dict:
+    """Parsed options as a result stores them: every secret value replaced by ``***``."""
+    out = dict(options)
+    if out.get("db_endpoint"):
+        out["db_endpoint"] = mask_uri(str(out["db_endpoint"]))
+    if out.get("web_auth"):
+        out["web_auth"] = "***"
     return out
 
 

@@ -25,7 +25,9 @@ class GrpcSender:
     def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
         status, length, _ = self._unary(self.path, body, timeout)
         if status.code:
-            return length, GrpcStatusError.from_status(status.code, status.message)
+            exc = GrpcStatusError.from_status(status.code, status.message)
+            exc.reconnect = self.channel.sock is None   # no connection now: the user backs off before the next
+            return length, exc
         return length, None
 
     def close(self) -> None:
@@ -49,7 +51,9 @@ class HttpSender:
         if status == 200:
             return length, None
         if error is not None:
-            return 0, HttpStatusError(0, error)
+            exc = HttpStatusError(0, error)
+            exc.reconnect = not self.conn.connected   # no connection now: the user backs off before the next
+            return 0, exc
         return length, HttpStatusError(status, error_message(data or b""))
 
     def close(self) -> None:

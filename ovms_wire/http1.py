@@ -51,6 +51,11 @@ class Http1Connection(Endpoint):
             self._io.close()
             self._io = None
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open (after a refused connect or a lost one, not until the next request)."""
+        return self._io is not None
+
     def _head(self, path: str, headers: dict[str, str]) -> bytes:
         key = (path, id(headers))
         entry = self._heads.get(key)
