@@ -360,3 +360,118 @@ def median(values: list[float]) -> float:
 def grpc_frame(message: bytes) -> bytes:
     """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length."""
     return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+# ---- long runs (bench/soak.py): a process's current state, a process group's stop, a fitted slope ----
+
+@dataclass
+class ProcState:
+    """One process at one moment, from /proc: resident memory (VmRSS, and its anonymous part RssAnon), open file
+    descriptors, threads and user+system CPU seconds."""
+    rss_mb: float
+    rss_anon_mb: float
+    fds: int
+    threads: int
+    cpu: float
+
+
+def proc_state(pid: int) -> ProcState | None:
+    """The current state of ``pid``, or None if it is gone (or not ours to read)."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "Threads"):
+                    fields[key] = int(value.split()[0])
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, ValueError, IndexError):
+        return None
+    cpu = proc_cpu(pid)
+    if cpu is None or "VmRSS" not in fields:   # a zombie has no VmRSS
+        return None
+    return ProcState(fields["VmRSS"] / 1024, fields.get("RssAnon", 0) / 1024, fds, fields.get("Threads", 0), cpu)
+
+
+def proc_all_children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (proc_children reads the main thread's only), in pid order."""
+    kids: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                kids.update(int(x) for x in fh.read().split())
+        except (OSError, ValueError):
+            pass
+    return sorted(kids)
+
+
+def stop_group(proc: subprocess.Popen, first: int = signal.SIGINT, grace: float = 30.0) -> int | None:
+    """Stop a child started with start_new_session=True and everything in its process group: ``first`` to the
+    group (SIGINT: as a terminal's Ctrl-C, so Locust writes its result), then SIGKILL after ``grace`` s.
+    Also reaps any of the group's processes that were reparented to us (become_subreaper). Its exit code."""
+    for sig, wait in ((first, grace), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    try:                        # stragglers of the group (a worker its master left behind)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    while True:                 # reap orphans reparented to us, without blocking
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if not pid:
+            break
+    return proc.returncode
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float | None]:
+    """Least squares y = a + b x: (b, a, standard error of b; None with fewer than 3 points)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0, ys[0] if ys else 0.0, None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return 0.0, my, None
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    if n < 3:
+        return b, a, None
+    residual = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    return b, a, (residual / (n - 2) / sxx) ** 0.5
+
+
+def machine_details() -> dict:
+    """The CPU model (/proc/cpuinfo), the usable cores (as nproc counts them), memory and the load average now."""
+    model = "unknown CPU"
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = match.group(1).strip() if match else model
+    except OSError:
+        pass
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        nproc = os.cpu_count() or 0
+    mem = 0.0
+    try:
+        match = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
+        mem = int(match.group(1)) / 1024 / 1024 if match else 0.0
+    except OSError:
+        pass
+    return {"model": model, "nproc": nproc, "online": os.cpu_count() or 0, "mem_gib": mem,
+            "loadavg": os.getloadavg()}

@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
 from metrics_ext.mongo import mask_argv, mask_options  # regular expressions only: pymongo is imported by an export
+from metrics_ext.output import RESULT_EXIT_CODE, MetricsError, check_outputs, write_atomically
 from metrics_ext.result import build_result, format_summary, ovms_statistics
-from metrics_ext.series import Phases, Recorder
+from metrics_ext.series import Phases, Recorder, WorkerPart
 from metrics_ext.webui import install_web_ui
 
 __all__ = ["MetricsExtension", "add_arguments", "EXTENSION"]
@@ -88,17 +90,15 @@ def add_arguments(parser: Any) -> None:
         parser.add_argument(*flags, **kwargs)
 
 
-class MetricsError(ValueError):
-    pass
-
-
 def _number(opts: Any, name: str, default: float, minimum: float = 0.0) -> float:
     text = str(getattr(opts, name, "") or default).strip()
     try:
         value = float(text)
     except ValueError:
         raise MetricsError(f"--{name}: {text!r} is not a number") from None
-    if value < minimum or value != value:
+    if value != value or value in (math.inf, -math.inf):
+        raise MetricsError(f"--{name}: {text!r} is not a finite number")
+    if value < minimum:
         raise MetricsError(f"--{name}: needs a number >= {minimum:g}, got {text}")
     return value
 
@@ -229,8 +229,10 @@ class MetricsExtension:
         self.environment: Any = None
         self.settings: dict = read_settings(None)
         self.recorder: Recorder | None = None
-        self.snapshots: dict[str, dict] = {}   # worker id -> its latest periodic snapshot
-        self.finals: dict[str, dict] = {}      # worker id -> its final snapshot
+        self.snapshots: dict[str, WorkerPart] = {}   # worker id -> what its reports (and final) have said
+        self.report_times: dict[str, float] = {}   # worker id -> when its latest snapshot arrived (wall clock)
+        self.lost: dict[str, float] = {}       # worker id -> when the master found it missing (wall clock)
+        self.finals: set[str] = set()          # the workers whose final snapshot arrived
         self.expected: set[str] = set()
         self.stop_time: float | None = None
         self.peak_users = 0
@@ -240,6 +242,7 @@ class MetricsExtension:
         self._waiter: gevent.Greenlet | None = None
         self._sampler: gevent.Greenlet | None = None
         self._live: tuple[float, dict] | None = None   # (monotonic time, statistics) of the last live view
+        self._write_failed = False
         self._status: gevent.Greenlet | None = None
 
     # ------------------------------------------------------------------------------ wiring
@@ -258,12 +261,21 @@ class MetricsExtension:
         self.settings = read_settings(environment.parsed_options)
         runner = environment.runner
         self.snapshots.clear()
+        self.report_times.clear()
+        self.lost.clear()
         self.finals.clear()
+        self._write_failed = False
         self.exported, self.result, self.stop_time, self.peak_users = False, None, None, 0
         self._live = None
         if isinstance(runner, WorkerRunner):
             self.recorder = None   # the master's phases message sets it
             return
+        parsed = environment.parsed_options
+        if parsed is not None and not (getattr(parsed, "headless", False) or getattr(parsed, "autostart", False)):
+            try:   # the web UI's form may have changed the paths since the start-up check
+                check_outputs(parsed)
+            except MetricsError as exc:
+                log.error("ovms: error: %s (the result will go to %s at the end)", exc, tempfile.gettempdir())
         phases = Phases(time.time(), self.settings["warmup"], self.settings["window"])
         self.recorder = self._new_recorder(phases)
         self.users_at = {}
@@ -293,11 +305,22 @@ class MetricsExtension:
             sys.stderr.flush()
 
     def _sample_users(self, runner: Any) -> None:
-        """The user count once a second while the test runs (the timeline's ``users`` column)."""
+        """The user count once a second while the test runs (the timeline's ``users`` column); on a master,
+        also which workers Locust has found missing (no heartbeat), and when."""
         while self.stop_time is None:
             if runner.user_count:   # a master counts workers' users only once they report them
                 self.users_at[int(time.time())] = runner.user_count
+            if isinstance(runner, MasterRunner):
+                self._find_lost(runner)
             gevent.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+    def _find_lost(self, runner: Any) -> None:
+        for client in list(runner.clients.values()):
+            if client.state == "missing" and client.id not in self.lost and client.id not in self.finals:
+                self.lost[client.id] = now = time.time()
+                last = self.report_times.get(client.id)
+                kept = f"its data up to its last report at {_clock(last)} is kept" if last else "it sent no data"
+                log.error("metrics: worker %s lost at %s (no heartbeat); %s", client.id, _clock(now), kept)
 
     def _on_phases(self, environment: Any, msg: Any, **_kw: Any) -> None:
         self.settings = msg.data["settings"]
@@ -323,19 +346,21 @@ class MetricsExtension:
 
     def on_report_to_master(self, client_id: str, data: dict, **_kw: Any) -> None:
         if self.recorder is not None:
-            data[REPORT_KEY] = self.recorder.snapshot()
+            data[REPORT_KEY] = self.recorder.snapshot(delta=True)   # the seconds recorded into since the last
         server = getattr(self.environment, "ovms_server", None)
         if server:   # what the server said it is, for a master started from the web UI (it fetched nothing)
             data[SERVER_KEY] = server
 
     def on_worker_report(self, client_id: str, data: dict, **_kw: Any) -> None:
         if REPORT_KEY in data:
-            self.snapshots[client_id] = data[REPORT_KEY]
+            self.snapshots.setdefault(client_id, WorkerPart()).apply(data[REPORT_KEY])
+            self.report_times[client_id] = time.time()
         if data.get(SERVER_KEY) and not getattr(self.environment, "ovms_server", None):
             self.environment.ovms_server = data[SERVER_KEY]
 
     def _on_final(self, environment: Any, msg: Any, **_kw: Any) -> None:
-        self.finals[msg.node_id] = msg.data
+        self.snapshots.setdefault(msg.node_id, WorkerPart()).apply(msg.data)
+        self.finals.add(msg.node_id)
 
     def on_test_stop(self, environment: Any, **_kw: Any) -> None:
         runner = environment.runner
@@ -348,7 +373,7 @@ class MetricsExtension:
             self._status = None
         if isinstance(runner, WorkerRunner):
             if self.recorder is not None:
-                runner.send_message(FINAL_MESSAGE, self.recorder.snapshot())
+                runner.send_message(FINAL_MESSAGE, self.recorder.snapshot(delta=True))
             return
         if not isinstance(runner, MasterRunner) or self._all_finals():
             self.export()
@@ -393,11 +418,16 @@ class MetricsExtension:
         parts, workers = [], {}
         for client in sorted(self.expected | set(self.snapshots) | set(self.finals)):
             if client in self.finals:
-                parts.append(self.finals[client])
+                parts.append(self.snapshots[client].snapshot(series_only))
                 workers[client] = "final"
             elif client in self.snapshots:
-                parts.append(self.snapshots[client])
-                workers[client] = "missing final: data up to its last report"
+                parts.append(self.snapshots[client].snapshot(series_only))
+                state = "missing final: data up to its last report"
+                if client in self.report_times:
+                    state += f" at {_clock(self.report_times[client])}"
+                if client in self.lost:
+                    state += f"; lost at {_clock(self.lost[client])}"
+                workers[client] = state
             else:
                 workers[client] = "missing: no data received"
         if not parts:
@@ -492,6 +522,8 @@ class MetricsExtension:
             print(print_summary(stats, self.result["parameters"]), flush=True)
         self._write_report(self.result)
         self._export_db(self.result)
+        if self._write_failed:   # the most telling code: the result is not where it was asked for
+            self.environment.process_exit_code = RESULT_EXIT_CODE
         return self.result
 
     def _write_report(self, result: dict) -> None:
@@ -530,17 +562,38 @@ class MetricsExtension:
             print(f"JSON-OUTPUT:###{self.settings['ovms_id']}###DB-ID###{json.dumps({'_id': ident})}", flush=True)
 
     def _write(self, result: dict) -> None:
+        """The result to --result_file; if that fails (disk full, folder gone), to $TMPDIR, and failing that to
+        stdout: a run's measurements are never lost to a write."""
         path = self.settings["result_file"]
         if not path:
             return
-        target = Path(path)
-        tmp = target.with_name(target.name + ".tmp")
+        target = Path(path).expanduser()
+        text = json.dumps(result, indent=1)
         try:
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(target)
+            write_atomically(target, text)
             log.info("metrics: result written to %s", target)
+            return
         except OSError as exc:
-            log.error("metrics: cannot write the result to %s: %s", target, exc.strerror)
+            reason = exc.strerror or str(exc)
+        self._write_failed = True
+        fallback = Path(tempfile.gettempdir()) / f"ovms-result-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        try:
+            write_atomically(fallback, text)
+        except OSError as exc:
+            log.error("metrics: cannot write the result to %s (%s) nor to %s (%s); it follows on stdout after "
+                      "'OVMS-RESULT:'", target, reason, fallback, exc.strerror or exc)
+            print("OVMS-RESULT:" + json.dumps(result), flush=True)
+            return
+        log.error("metrics: cannot write the result to %s (%s); it was written to %s instead", target, reason,
+                  fallback)
+        parsed = self.environment.parsed_options
+        if getattr(parsed, "json_file", None):   # Locust writes its own statistics after this: beside it
+            parsed.json_file = str(fallback.with_suffix(".locust"))
+
+
+def _clock(t: float) -> str:
+    """A wall-clock time as the logs show it: 2026-11-24 23:41:07 UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 EXTENSION = MetricsExtension()
@@ -557,6 +610,7 @@ def _install(environment: Any, **_kw: Any) -> None:
     if parsed is not None and not isinstance(environment.runner, WorkerRunner):
         try:
             read_settings(parsed)
+            check_outputs(parsed)
         except MetricsError as exc:
             if parsed.headless or parsed.autostart:
                 sys.stderr.write(f"ovms: error: {exc}\n")

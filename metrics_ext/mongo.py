@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 __all__ = ["MongoExportError", "MongoInputError", "MongoAlreadyLoaded", "MongoTarget", "parse_endpoint",
            "parse_metadata", "build_document", "export", "load_dump", "DEFAULT_COLLECTION", "DUMP_FORMAT",
-           "escape_key", "unescape_key", "mask_uri", "mask_options"]
+           "escape_key", "unescape_key", "mask_uri", "mask_options", "mask_argv", "mask_header"]
 
 #: the collection of a MongoDB URI without a ``collection`` option
 DEFAULT_COLLECTION = "runs"
@@ -37,7 +37,7 @@ DEFAULT_COLLECTION = "runs"
 DUMP_FORMAT = "ovms-bench MongoDB dump 1"
 
 #: options that never become ``opt_<name>`` fields: the OVMS client's exclusions, and secrets
-_EXCLUDED_OPTIONS = frozenset({"db_metadata", "db_endpoint", "quantile_list", "web_auth"})
+_EXCLUDED_OPTIONS = frozenset({"db_metadata", "db_endpoint", "quantile_list", "web_auth", "web_credentials"})
 #: fields the run sets; ``-y`` may not replace them (the defaults below it may)
 _RESERVED_FIELDS = frozenset({"_id", "internal_results", "final_results", "execution_date", "client_version",
                               "model_name", "model_version", "result"})
@@ -77,28 +77,54 @@ def mask_uri(text: str) -> str:
     return _URI_PASSWORD.sub(r"\1***@", text)
 
 
-_SECRET_FLAGS = ("--web-auth", "--web_auth")
+_SECRET_FLAGS = ("--web-auth", "--web_auth", "--web_credentials", "--web-credentials")
+#: flags whose values are request headers: shown as their names, each value ``***``
+_HEADER_FLAGS = ("--header",)
+_HEADER_NAMES = re.compile(r"(?:^|;|\[|,)\s*\"?([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*:")
+
+
+def mask_header(text: str) -> str:
+    """A --header value (one header, several separated by ';', or a JSON list) with every value replaced by ``***``."""
+    names = _HEADER_NAMES.findall(str(text))
+    return "; ".join(f"{name}: ***" for name in names) if names else "***"
+
+
+def _flag_of(arg: str, flags: tuple[str, ...]) -> bool:
+    """``arg`` is one of ``flags`` or an abbreviation argparse would take for it."""
+    return len(arg) > 3 and arg.startswith("--") and any(flag.startswith(arg) for flag in flags)
 
 
 def mask_argv(argv: list[str]) -> list[str]:
-    """A command line with its secrets masked: --web-auth's value, and every MongoDB URI's password."""
+    """A command line with its secrets masked: the values of --web-auth, --web_credentials and --header (names
+    kept), and every MongoDB URI's password."""
     out = []
     for i, arg in enumerate(argv):
-        if arg.startswith(tuple(o + "=" for o in _SECRET_FLAGS)):
-            arg = arg.split("=", 1)[0] + "=***"
-        elif i and argv[i - 1] in _SECRET_FLAGS:
+        name, eq, value = arg.partition("=")
+        prev = argv[i - 1] if i else ""
+        if eq and _flag_of(name, _SECRET_FLAGS):
+            arg = name + "=***"
+        elif eq and _flag_of(name, _HEADER_FLAGS):
+            arg = name + "=" + mask_header(value)
+        elif i and _flag_of(prev, _SECRET_FLAGS):
             arg = "***"
+        elif i and _flag_of(prev, _HEADER_FLAGS):
+            arg = mask_header(arg)
         out.append(mask_uri(arg))
     return out
 
 
 def mask_options(options: dict) -> dict:
-    """Parsed options as a result stores them: every secret value replaced by ``***``."""
+    """Parsed options as a result stores them: every secret value replaced by ``***`` (--header: names kept)."""
     out = dict(options)
     if out.get("db_endpoint"):
         out["db_endpoint"] = mask_uri(str(out["db_endpoint"]))
-    if out.get("web_auth"):
-        out["web_auth"] = "***"
+    for key in ("web_auth", "web_credentials"):
+        if out.get(key):
+            out[key] = "***"
+    if out.get("header"):
+        headers = out["header"]
+        out["header"] = [mask_header(h) for h in headers] if isinstance(headers, (list, tuple)) \
+            else mask_header(headers)
     return out
 
 
@@ -188,7 +214,10 @@ def parse_endpoint(text: str) -> MongoTarget:
     """``mongodb://HOST:DATABASE:COLLECTION`` (the OVMS client's form; HOST may be ``host:port`` here) or a
     MongoDB URI ``mongodb[+srv]://[USER:PASSWORD@]HOST[:PORT][,...]/DATABASE[?OPTIONS]`` whose
     ``collection`` option (removed from what pymongo gets) names the collection, ``runs`` by default."""
-    return _parse(text)[0]
+    try:
+        return _parse(text)[0]
+    except MongoInputError as exc:   # the one line names the option to change
+        raise MongoInputError(f"--db_endpoint: {exc}") from None
 
 
 def parse_metadata(items: list[str]) -> dict[str, str]:
@@ -197,11 +226,12 @@ def parse_metadata(items: list[str]) -> dict[str, str]:
     for item in items:
         key, colon, value = item.partition(":")
         if not colon or not key:
-            raise MongoInputError(f"metadata item {item!r} is not key:value (e.g. gpu:A100 or note:'a b')")
+            raise MongoInputError(f"--db_metadata: item {item!r} is not key:value (e.g. gpu:A100 or note:'a b')")
         if "." in key or key.startswith("$") or "\x00" in key:
-            raise MongoInputError(f"metadata key {key!r}: MongoDB field names may not hold '.' nor start with '$'")
+            raise MongoInputError(f"--db_metadata: key {key!r}: MongoDB field names may not hold '.' nor start "
+                                  "with '$'")
         if key in _RESERVED_FIELDS or key.startswith("opt_"):
-            raise MongoInputError(f"metadata key {key!r} is a field the run sets itself; choose another key")
+            raise MongoInputError(f"--db_metadata: key {key!r} is a field the run sets itself; choose another key")
         out[key] = value
     return out
 
@@ -232,9 +262,8 @@ def _redact_result(result: dict) -> dict:
     """The result with secrets it may carry (Locust's --web-auth, a MongoDB password) removed."""
     out = json.loads(json.dumps(result, default=str))        # a deep copy, as JSON data
     params = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
-    options = params.get("options")
-    if isinstance(options, dict) and options.get("web_auth"):
-        options["web_auth"] = "***"
+    if isinstance(params.get("options"), dict):
+        params["options"] = mask_options(params["options"])
     client = params.get("client")
     if isinstance(client, dict) and isinstance(client.get("argv"), list):
         client["argv"] = mask_argv([str(arg) for arg in client["argv"]])
@@ -282,7 +311,7 @@ def build_document(result: dict, *, options: dict, metadata: dict[str, str], ret
     for key, value in defaults.items():
         if key not in metadata:
             doc[key] = "" if value is None else value
-    for key, value in options.items():
+    for key, value in mask_options(options).items():
         if key in _EXCLUDED_OPTIONS or not isinstance(value, (str, int, float, bool, list)):
             continue
         doc[escape_key(f"opt_{key}")] = _option_value(value)
@@ -461,7 +490,10 @@ def load_dump(path: Path, endpoint: str | None = None, timeout_s: float = 5.0) -
         raise MongoInputError(f"{path} is not a MongoDB dump of ovms-bench (no {DUMP_FORMAT!r} document)")
     stored = str(payload.get("endpoint") or "")
     if endpoint:
-        target, named = _parse(endpoint)
+        try:
+            target, named = _parse(endpoint)
+        except MongoInputError as exc:
+            raise MongoInputError(f"--db_endpoint: {exc}") from None
         if not named and payload.get("collection"):
             target = MongoTarget(target.uri, target.database, str(payload["collection"]), target.display)
     elif stored and "***" not in stored and payload.get("database"):

@@ -409,7 +409,9 @@ def _plots_section(plots: list[tuple[str, str | None, str]]) -> str:
 def _options_section(options: dict) -> str:
     if not options:
         return ""
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_show(v))}</td></tr>" for k, v in sorted(options.items()))
+    from metrics_ext.mongo import mask_options  # a result from elsewhere may not be masked: never show a secret
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_show(v))}</td></tr>"
+                   for k, v in sorted(mask_options(options).items()))
     return (f'<section><details><summary>All options ({len(options)})</summary>'
             f'<table class="kv options">{rows}</table></details></section>')
 

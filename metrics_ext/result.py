@@ -70,13 +70,20 @@ def _finite(value: object) -> object:
 
 
 def timeline(rec: Recorder, users_at: dict[int, int] | None = None) -> list[dict]:
-    """One row per wall-clock second with completions: counts, p50/p90/p99, and the users running then."""
+    """One row per wall-clock second from the first completion to the last: counts, failures by status,
+    p50/p90/p99, and the users running then. A second without completions (a server that stalled or was
+    down) is a row of zeros with null quantiles, so the gap shows."""
     rows = []
-    for sec in sorted(rec.timeline):
-        ok, bad, frames, hist = rec.timeline[sec]
+    cells = rec.timeline
+    seconds = range(min(cells), max(cells) + 1) if cells else range(0)
+    empty = [0, 0, 0, None, None]
+    for sec in seconds:
+        ok, bad, frames, hist, errors = cells.get(sec, empty)
         row = {"t": sec, "pass": ok, "fail": bad, "frames": frames}
+        if errors:
+            row["errors"] = dict(sorted(errors.items()))
         for q in (0.5, 0.9, 0.99):
-            row[f"p{_qname(q)}"] = hist.quantile(q)
+            row[f"p{_qname(q)}"] = hist.quantile(q) if hist is not None else None
         if users_at:
             row["users"] = users_at.get(sec, _latest_before(users_at, sec))
         rows.append(row)
@@ -114,7 +121,7 @@ def by_users(rec: Recorder, stop: float, users_at: dict[int, int] | None) -> lis
         users = users_at.get(sec, _latest_before(users_at, sec))
         if users is None:
             continue
-        ok, bad, frames, hist = rec.timeline[sec]
+        ok, bad, frames, hist, _ = rec.timeline[sec]
         cell = groups.setdefault(users, [0.0, 0, 0, 0, LogHistogram()])
         cell[0] += max(0.0, min(sec + 1.0, stop) - max(float(sec), rec.phases.t0))
         cell[1] += ok

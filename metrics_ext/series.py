@@ -19,9 +19,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram, _bucket
+from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram, PackedHistogram, _bucket
 
-__all__ = ["Series", "Lagged", "Phases", "Recorder", "QUANTILES", "OVMS_KEYS", "LATE_S", "LAGGED_QUANTILES"]
+__all__ = ["Series", "Lagged", "Phases", "Recorder", "WorkerPart", "QUANTILES", "OVMS_KEYS", "LATE_S",
+           "LAGGED_QUANTILES"]
 
 
 #: a request that started more than this after its intended start is counted late (``late_requests``):
@@ -284,7 +285,7 @@ class Recorder:
         self.phases = phases
         self.factor, self.base = hist_factor, hist_base
         self.series = {name: self._new() for name in ("total", "warmup", "window")}
-        self.timeline: dict[int, list] = {}   # second -> [pass, fail, frames, LogHistogram]
+        self.timeline: dict[int, list] = {}   # second -> [pass, fail, frames, LogHistogram, {status: fails} or None]
         self.by_batch: dict[int, Series] = {}  # batch size -> the window's requests of that size
         self.last_done = 0.0                  # the latest completion time recorded
         # while the window has seen one batch size only, by_batch holds the window series itself for it (the
@@ -294,6 +295,7 @@ class Recorder:
         self._total, self._warmup, self._window = self.series["total"], self.series["warmup"], self.series["window"]
         self._warmup_end, self._window_end = phases.warmup_end, phases.window_end
         self._sec, self._cell = None, None   # the timeline's latest second and its cell
+        self._dirty: set[int] = set()         # seconds recorded into since the last delta snapshot
 
     def _new(self) -> Series:
         return Series(ovms=OvmsHistogram(self.factor, self.base))
@@ -330,15 +332,34 @@ class Recorder:
         sec = int(done)
         cell = self._cell
         if sec != self._sec:
-            cell = self.timeline.get(sec)
-            if cell is None:
-                cell = self.timeline[sec] = [0, 0, 0, LogHistogram()]
-            self._sec, self._cell = sec, cell
-        cell[0 if ok else 1] += 1
+            cell = self._enter(sec)
+        if ok:
+            cell[0] += 1
+        else:
+            cell[1] += 1
+            errors = cell[4]
+            if errors is None:
+                errors = cell[4] = {}
+            key = status or "unknown"
+            errors[key] = errors.get(key, 0) + 1
         cell[2] += frames
         cell[3].add(k, latency)
         if lag is not None:
             self._record_lag(latency - lag, lag, phase)
+
+    def _enter(self, sec: int) -> list:
+        """The timeline's cell for a new current second; the second left behind is packed (it is complete,
+        unless the clock steps back, and then it is unpacked again here)."""
+        if self._cell is not None and isinstance(self._cell[3], LogHistogram):
+            self._cell[3] = PackedHistogram.of(self._cell[3])
+        cell = self.timeline.get(sec)
+        if cell is None:
+            cell = self.timeline[sec] = [0, 0, 0, LogHistogram(), None]
+        elif isinstance(cell[3], PackedHistogram):
+            cell[3] = cell[3].thaw()
+        self._sec, self._cell = sec, cell
+        self._dirty.add(sec)
+        return cell
 
     def _split_batches(self) -> None:
         """A second batch size in the window: the first size's requests so far become a series of their own."""
@@ -368,11 +389,20 @@ class Recorder:
                 part = phase.lagged = Lagged()
             part.add(service, lag, ks, kl)
 
-    def snapshot(self) -> dict:
+    def snapshot(self, delta: bool = False) -> dict:
+        """Everything, as plain data. ``delta``: the timeline's seconds recorded into since the last delta
+        snapshot only (each whole; the rest is unchanged): a worker's periodic report, whose cost then does
+        not grow with the run's length. The series and breakdowns are whole either way (their size is fixed)."""
+        if delta:
+            seconds = sorted(self._dirty)
+            self._dirty = {self._sec} if self._sec is not None else set()   # the current second may change yet
+            cells = [(sec, self.timeline[sec]) for sec in seconds]
+        else:
+            cells = list(self.timeline.items())
         return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base, "last": self.last_done,
                 "series": {k: s.to_dict() for k, s in self.series.items()},
-                "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict()] for sec, c in self.timeline.items()],
-                "by_batch": [[bs, self._batch_dict(s)] for bs, s in self.by_batch.items()]}
+                "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict(), c[4]] for sec, c in cells],
+                "by_batch": [[bs, self._batch_dict(s)] for bs, s in self.by_batch.items()], "delta": delta}
 
     def merge_snapshot(self, snap: dict, series_only: bool = False) -> None:
         self._split_batches()   # merged into, the window and its one batch size part ways
@@ -381,14 +411,20 @@ class Recorder:
             self.series[name].merge(Series.from_dict(d, self.factor, self.base))
         if series_only:   # the phases' statistics only (a live view): the timeline costs most of a merge
             return
-        for sec, ok, bad, frames, hist in snap["timeline"]:
+        for sec, ok, bad, frames, hist, *more in snap["timeline"]:
             cell = self.timeline.get(sec)
             if cell is None:
-                cell = self.timeline[sec] = [0, 0, 0, LogHistogram()]
+                cell = self.timeline[sec] = [0, 0, 0, LogHistogram(), None]
             cell[0] += ok
             cell[1] += bad
             cell[2] += frames
-            cell[3].merge(LogHistogram.from_dict(hist))
+            cell[3].merge(hist if isinstance(hist, PackedHistogram) else LogHistogram.from_dict(hist))
+            if more and more[0]:
+                errors = cell[4]
+                if errors is None:
+                    errors = cell[4] = {}
+                for key, n in more[0].items():
+                    errors[key] = errors.get(key, 0) + n
         for bs, d in snap.get("by_batch", ()):
             per = self.by_batch.get(bs)
             if per is None:
@@ -402,3 +438,26 @@ class Recorder:
         for snap in snapshots:
             rec.merge_snapshot(snap, series_only)
         return rec
+
+
+class WorkerPart:
+    """What the master holds of one worker: its latest series (cumulative, fixed in size) and its timeline so
+    far, built from the seconds each report carries (a report carries the seconds recorded into since the
+    previous one, each whole) and kept packed, so a long run costs the master about a kilobyte per worker
+    and second, and a report's cost does not grow with the run."""
+
+    def __init__(self) -> None:
+        self.head: dict | None = None
+        self.cells: dict[int, list] = {}
+
+    def apply(self, snap: dict) -> None:
+        self.head = {k: v for k, v in snap.items() if k not in ("timeline", "delta")}
+        if not snap.get("delta", False):
+            self.cells.clear()
+        for sec, ok, bad, frames, hist, *more in snap["timeline"]:
+            self.cells[sec] = [ok, bad, frames, PackedHistogram.from_dict(hist), more[0] if more else None]
+
+    def snapshot(self, series_only: bool = False) -> dict:
+        assert self.head is not None
+        timeline = [] if series_only else [[sec, c[0], c[1], c[2], c[3], c[4]] for sec, c in self.cells.items()]
+        return {**self.head, "timeline": timeline}

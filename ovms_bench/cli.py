@@ -73,6 +73,9 @@ def list_command(args: argparse.Namespace) -> int:
     """The served models with versions and states; with --model_name, that model's inputs and outputs."""
     try:
         opts = BenchOptions.parse(args, require_model=False)
+        if opts.tls_no_verify:
+            from ovms_users.security import NO_VERIFY_WARNING
+            print(NO_VERIFY_WARNING, file=sys.stderr)
         models = list_models(opts, args.host)
         spec = describe_model(opts, args.host) if opts.model_name else None
     except OvmsUserError as exc:

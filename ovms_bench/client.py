@@ -14,6 +14,7 @@ schedule; ``-ps`` never crashes; ``--stateful_hop`` works; sub-second ``--step_t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -166,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--check_fail_ratio", type=_number(float, 0, 1), help="exit code 3 above this failed share")
     x.add_argument("--check_p99_ms", type=_POS_FLOAT, help="exit code 3 above this window p99 (ms)")
     x.add_argument("--check_rps", type=_POS_FLOAT, help="exit code 3 below this window req/s")
+    x.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                   help="a request header on every request (REST) and gRPC call (metadata), e.g. 'Authorization: "
+                        "Bearer TOKEN'; repeatable; its value is never printed or stored")
+    x.add_argument("--tls_no_verify", action="store_true",
+                   help="TLS without checking the server's certificate and host name (warned at start)")
+    x.add_argument("--web_credentials", metavar="USER:PASSWORD",
+                   help="with --web: the web UI asks for this user and password (Locust's --web-login)")
     x.add_argument("--locust", nargs=argparse.REMAINDER, default=[], help="everything after it goes to Locust")
     return p
 
@@ -174,6 +182,16 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """What argparse cannot say alone: required and conflicting options, with what to change."""
     if a.master and a.worker:
         p.error("--master and --worker exclude each other")
+    from ovms_users.errors import OptionError
+    from ovms_users.security import parse_credentials, parse_headers
+    try:
+        parse_headers(a.header)
+        if a.web_credentials is not None:
+            parse_credentials(a.web_credentials)
+    except OptionError as exc:
+        p.error(str(exc))
+    if a.web_credentials is not None and not a.web:
+        p.error("--web_credentials protects the web UI: give --web too (or drop --web_credentials)")
     if a.worker:
         return   # a worker takes everything else from its master
     if not a.server_address:
@@ -205,7 +223,7 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 def _host(a: argparse.Namespace) -> str:
     if a.api in ("REST", "KFS-REST"):
-        scheme = "https" if a.certs_dir else "http"
+        scheme = "https" if a.certs_dir or a.tls_no_verify else "http"
         return f"{scheme}://{a.server_address}:{a.rest_port}"
     return f"{a.server_address}:{a.grpc_port}"
 
@@ -246,7 +264,7 @@ def _suite_options(a: argparse.Namespace) -> list[str]:
         out += ["--db_metadata", " ".join(shlex.quote(item) for item in a.db_metadata)]
     if a.dump_png:
         out += ["--dump_dir", tempfile.gettempdir()]   # the original wrote /tmp/xcli-*.png; $TMPDIR steers it
-    for flag in ("report_warmup", "print_all", "print_summary", "print_time"):
+    for flag in ("report_warmup", "print_all", "print_summary", "print_time", "tls_no_verify"):
         if getattr(a, flag):
             out.append(f"--{flag}")
     if a.json:
@@ -267,6 +285,8 @@ def locust_command(a: argparse.Namespace) -> list[str]:
         web_host, _, web_port = a.web.rpartition(":")
         cmd += ["--web-host", web_host or "127.0.0.1", "--web-port", web_port or "8089", "-u", str(a.concurrency),
                 "-r", str(a.concurrency)]
+        if a.web_credentials is not None:
+            cmd.append("--web-login")   # the credentials go in the environment (secret_env), not the command line
     else:
         cmd += ["--headless", "-u", str(a.concurrency), "-r", str(a.concurrency), "--only-summary"]
         # Locust's own table goes to a file beside the result, not to the console: the output is the client's
@@ -295,11 +315,15 @@ def _list_models(a: argparse.Namespace) -> int:
 
     rest = a.rest_port is not None
     listing_api = {"TFS": "tfs-rest", "REST": "tfs-rest", "KFS": "kfs-rest", "KFS-REST": "kfs-rest"}[a.api]
-    host = f"{'https' if a.certs_dir else 'http'}://{a.server_address}:{a.rest_port}" if rest \
+    host = f"{'https' if a.certs_dir or a.tls_no_verify else 'http'}://{a.server_address}:{a.rest_port}" if rest \
         else f"{a.server_address}:{a.grpc_port}"
     api = listing_api if rest else {"TFS": "tfs", "REST": "tfs", "KFS": "kfs", "KFS-REST": "kfs"}[a.api]
     values = {"api": api, "model_name": a.model_name or "", "model_version": a.model_version or "",
-              "certs_dir": a.certs_dir or "", "metadata_timeout": str(a.metadata_timeout or 10)}
+              "certs_dir": a.certs_dir or "", "metadata_timeout": str(a.metadata_timeout or 10),
+              "header": a.header, "tls_no_verify": a.tls_no_verify}
+    if a.tls_no_verify:
+        from ovms_users.security import NO_VERIFY_WARNING
+        print(NO_VERIFY_WARNING, file=sys.stderr)
     try:
         opts = BenchOptions.parse(values, require_model=False)
         models = list_models(opts, host)
@@ -346,6 +370,16 @@ def child_env() -> dict[str, str]:
                                                                        os.environ.get("PYTHONPATH")]))}
 
 
+def secret_env(a: argparse.Namespace) -> dict[str, str]:
+    """--header and --web_credentials for the Locust process, in its environment: never on a command line."""
+    env = {}
+    if a.header:
+        env["LOCUST_HEADER"] = json.dumps(a.header)   # configargparse reads a JSON list as repeated --header
+    if a.web_credentials is not None:
+        env["LOCUST_WEB_CREDENTIALS"] = a.web_credentials
+    return env
+
+
 def run_client(argv: list[str]) -> int:
     """The original client's command line: parse, check, and run (this process becomes Locust)."""
     p = build_parser()
@@ -364,7 +398,7 @@ def run_client(argv: list[str]) -> int:
     if a.list_models:
         return _list_models(a)
     cmd = locust_command(a)
-    env = child_env()
+    env = {**child_env(), **secret_env(a)}
     if a.unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     sys.stdout.flush()

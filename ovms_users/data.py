@@ -85,8 +85,27 @@ def _int_bounds(dtype: DType, lo: float, hi: float) -> tuple[int, int]:
     return a, b
 
 
+def _float_bounds(dtype: DType, lo: float, hi: float) -> tuple[float, float]:
+    """The lowest and highest values of ``dtype`` inside [lo, hi] (so a cast can never leave the range)."""
+    np_type = dtype.numpy
+    limit = float(np.finfo(np_type).max)
+    a, b = max(lo, -limit), min(hi, limit)
+    if a > b:
+        raise OptionError("--min_value/--max_value", f"the range [{lo}, {hi}] holds no {dtype.name} value")
+    a_d, b_d = np_type.type(a), np_type.type(b)   # the nearest values of the precision (|a|, |b| <= its max)
+    if float(a_d) < a:
+        a_d = np.nextafter(a_d, np_type.type(np.inf))
+    if float(b_d) > b:
+        b_d = np.nextafter(b_d, np_type.type(-np.inf))
+    if a_d > b_d:   # [lo, hi] lies between two neighbouring values (e.g. 0.1 to 0.1 in FP32): the nearest one
+        a_d = b_d = np_type.type(a / 2 + b / 2)
+    return float(a_d) + 0.0, float(b_d) + 0.0   # + 0.0: -0.0 becomes 0.0 (numpy's uniform refuses [0.0, -0.0])
+
+
 def random_tensor(rng: np.random.Generator, dtype: DType, shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:
     """Uniform random values in [lo, hi], clipped to what ``dtype`` can hold (no wrap-around)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise OptionError("--min_value/--max_value", f"[{lo}, {hi}] is not a range of finite numbers")
     if lo > hi:
         raise OptionError("--min_value/--max_value", f"--min_value {lo} is above --max_value {hi}")
     if dtype.is_bytes:
@@ -95,11 +114,13 @@ def random_tensor(rng: np.random.Generator, dtype: DType, shape: tuple[int, ...]
     if np_type.kind == "b":
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if np_type.kind == "f":
-        limit = float(np.finfo(np_type).max)
-        a, b = max(lo, -limit), min(hi, limit)
-        if a > b:
-            raise OptionError("--min_value/--max_value", f"the range [{lo}, {hi}] holds no {dtype.name} value")
-        return rng.uniform(a, b, size=shape).astype(np_type)
+        a, b = _float_bounds(dtype, lo, hi)
+        if np.isfinite(b - a):
+            values = rng.uniform(a, b, size=shape)
+        else:   # wider than float64 can subtract (FP64 near its limits): mix the ends instead
+            u = rng.random(size=shape)
+            values = a * (1.0 - u) + b * u
+        return np.clip(values, a, b).astype(np_type)
     a, b = _int_bounds(dtype, lo, hi)
     return rng.integers(a, b, size=shape, endpoint=True, dtype=np_type)
 
@@ -182,8 +203,11 @@ def check_image_file(path: Path) -> bytes:
         with Image.open(io.BytesIO(blob)) as img:
             fmt = img.format
             img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise OptionError("--data", f"{path} is not a readable image ({exc})") from None
+    except UnidentifiedImageError:
+        raise OptionError("--data", f"{path} is not a readable image (not a format Pillow knows); give a PNG or "
+                                    "JPEG file") from None
+    except (OSError, SyntaxError, ValueError) as exc:   # a known format, broken inside
+        raise OptionError("--data", f"{path} is not a readable image ({exc}); give a PNG or JPEG file") from None
     if fmt not in ("PNG", "JPEG"):
         raise OptionError("--data", f"{path} is a {fmt} image; model servers take PNG or JPEG")
     return blob
@@ -204,9 +228,15 @@ def load_strings(path: Path) -> tuple[str, ...]:
 
 def load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise OptionError("--data", f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic != b"\x93NUMPY":   # np.load would try it as a pickle and say so
+        raise OptionError("--data", f"{path} is not a readable .npy array (no .npy header); write it with "
+                                    "numpy.save") from None
+    try:
         arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise OptionError("--data", f"cannot read {path}: no such file") from None
     except (OSError, ValueError, EOFError) as exc:
         raise OptionError("--data", f"{path} is not a readable .npy array ({exc})") from None
     if not isinstance(arr, np.ndarray) or arr.ndim == 0:

@@ -43,6 +43,10 @@ def _http_list(api: str, client: HttpTarget, opts: BenchOptions) -> list[ServedM
         index = client.json("POST", "/v2/repository/index", body={}, timeout=timeout)
         return [ServedModel(m["name"], str(m.get("version") or ""), m.get("state") or "?") for m in index]
     except HttpStatusError as exc:
+        if exc.message.lstrip().startswith("<"):   # a web page, not a model server's JSON error
+            raise ServerError(f"{client.base_url} is not a model server's REST API: it answered HTTP {exc.status} "
+                              f"with a web page ({exc.message[:60]!r}); check --host (give the REST port) and "
+                              "--api") from None
         if exc.status not in (404, 405, 501) or not opts.model_name:
             raise _no_index(api, client.base_url, f"HTTP {exc.status}: {exc.message}") from None
     except (KeyError, TypeError, AttributeError) as exc:
@@ -101,7 +105,8 @@ def list_models(opts: BenchOptions, host: str | None) -> list[ServedModel]:
     target, scheme_tls = parse_host(host, opts.api)
     tls = wants_tls(opts, scheme_tls)
     if opts.api.endswith("-rest"):
-        client = HttpTarget(base_url(target, tls), ssl_context(opts) if tls else None, timeout=opts.metadata_timeout)
+        client = HttpTarget(base_url(target, tls), ssl_context(opts) if tls else None, timeout=opts.metadata_timeout,
+                            options=opts)
         try:
             return _http_list(opts.api, client, opts)
         except OSError as exc:

@@ -20,6 +20,7 @@ from locust import events  # noqa: E402
 from locust import runners as locust_runners  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
+from ovms_users import webauth  # noqa: E402, F401  (web UI login, secrets out of the page, TLS warning)
 from ovms_users.errors import OvmsUserError  # noqa: E402
 from ovms_users.options import BenchOptions, add_arguments  # noqa: E402
 from ovms_users.users import register_messages  # noqa: E402

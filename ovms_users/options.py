@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ovms_users.errors import OptionError
+from ovms_users.security import parse_headers
 
 __all__ = ["BenchOptions", "ShapeOption", "add_arguments", "API_NAMES", "parse_host"]
 
@@ -82,6 +83,16 @@ def add_arguments(parser: Any) -> None:
     for name, default, help_text in _ARGS:
         extra: dict[str, Any] = {"env_var": f"LOCUST_{name.upper()}", "include_in_web_ui": True} if locust else {}
         target.add_argument(f"--{name}", default=default, help=help_text, **extra)
+    # security (README "Security"): the headers may hold credentials, so they are never in the web UI's form
+    secret: dict[str, Any] = {"env_var": "LOCUST_HEADER", "include_in_web_ui": False} if locust else {}
+    target.add_argument("--header", action="append", default=None, metavar="'NAME: VALUE'", **secret,
+                        help="a request header sent on every REST request and as gRPC metadata on every gRPC call "
+                             "(e.g. 'Authorization: Bearer TOKEN'); repeat it, or separate headers with ';'. Its "
+                             "value is never printed or stored")
+    flag: dict[str, Any] = {"env_var": "LOCUST_TLS_NO_VERIFY", "include_in_web_ui": True} if locust else {}
+    target.add_argument("--tls_no_verify", action="store_true", default=False, **flag,
+                        help="TLS without checking the server's certificate and host name (warned at start); by "
+                             "default they are checked")
 
 
 def _int(option: str, text: str, minimum: int = 0) -> int:
@@ -122,6 +133,10 @@ def _tokens(text: str | list | None) -> list[str]:
 
 
 def parse_batch_sizes(text: str | list) -> list[int]:
+    for t in _tokens(text):   # '-' separates sizes (1-2-4); one where a size should start makes it negative
+        if re.search(r"(?:^|[-,])-", t):
+            raise OptionError("--bs", f"{t!r} holds a negative size; batch sizes are whole numbers >= 1, e.g. "
+                                      "'1 2 4' or 1-2-4")
     items = [p for t in _tokens(text) for p in re.split(r"[-,]", t) if p]
     sizes = [_int("bs", p, minimum=1) for p in items]
     return sizes
@@ -216,6 +231,8 @@ class BenchOptions:
     max_throughput: float | None = None
     arrival_rate: float | None = None
     arrivals: str = "constant"
+    tls_no_verify: bool = False
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # --header: never in a repr
 
     @property
     def stateful(self) -> bool:
@@ -289,4 +306,6 @@ class BenchOptions:
             error_exposition=_int("error_exposition", get("error_exposition") if get("error_exposition") is not None
                                   else "10"),
             max_throughput=max_throughput, arrival_rate=arrival_rate, arrivals=arrivals,
+            tls_no_verify=str(v.get("tls_no_verify") or "").strip().lower() in ("true", "1", "yes", "on"),
+            headers=parse_headers(v.get("header")),
         )

@@ -45,14 +45,29 @@ class HttpSender:
                                     connect_timeout=getattr(user, "connection_timeout", None) or opts.step_timeout)
         self._post = self.conn.post
         self.path = workload.path
+        self.extra = dict(opts.headers)   # --header: on every request
+        self._merged: dict[int, tuple[dict, dict]] = {}
+
+    def _with_extra(self, headers: dict[str, str]) -> dict[str, str]:
+        """The request's headers plus --header's, one stable dict per request dict (the connection caches the
+        request head by the dict)."""
+        entry = self._merged.get(id(headers))
+        if entry is None or entry[0] is not headers:   # the dict itself is kept, so its id is not reused
+            if len(self._merged) > 256:
+                self._merged.clear()
+            entry = self._merged[id(headers)] = (headers, {**headers, **self.extra})
+        return entry[1]
 
     def send(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, Exception | None]:
+        if self.extra:
+            headers = self._with_extra(headers)
         status, length, data, error = self._post(self.path, headers, body, timeout)
         if status == 200:
             return length, None
         if error is not None:
             exc = HttpStatusError(0, error)
-            exc.reconnect = not self.conn.connected   # no connection now: the user backs off before the next
+            # no connection now (refused, lost; not a timeout, after which HTTP/1.1 must close it): the user backs off
+            exc.reconnect = not self.conn.connected and not error.startswith("timed out")
             return 0, exc
         return length, HttpStatusError(status, error_message(data or b""))
 

@@ -17,6 +17,7 @@ then says ``response_time`` from the intended start, ``start_time`` the intended
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import gevent
@@ -37,6 +38,11 @@ __all__ = ["ModelServerUser", "TfsGrpcUser", "KfsGrpcUser", "TfsRestUser", "KfsR
 
 log = logging.getLogger("ovms_users")
 STOP_MESSAGE, FATAL_MESSAGE, DONE_MESSAGE, BUSY_MESSAGE = "ovms_stop", "ovms_fatal", "ovms_done", "ovms_busy"
+#: a user whose request failed for want of a connection (refused, lost, TLS) waits this long before its next
+#: one, doubling up to BACKOFF_MAX_S (each wait jittered by +-20 %), until a request succeeds: gRPC's reconnect
+#: backoff in spirit. A server that is down then costs a few counted failures per user and second, not a
+#: busy loop of thousands, and users are back within BACKOFF_MAX_S of the server.
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 1.0
 
 
 def request_stop(environment, reason: str) -> None:
@@ -138,6 +144,7 @@ class InferenceMixin:
         # requests this user may still send under --steps_number; None: no limit; then idle once it is 0
         self._left: int | None = w.options.steps_number or None
         self._idle = False
+        self._backoff = 0.0   # the current reconnect wait (0: connected, or not yet failed)
         self._schedule: Schedule | None = None
         if w.options.open_loop:   # --arrival_rate / --max_throughput: this process's schedule, shared by its users
             configure_schedule(env, w.options, worker_index)
@@ -193,6 +200,8 @@ class InferenceMixin:
             seq.after(exc)
         if exc is not None:
             self._failed(exc, name, frames, elapsed_ms)
+        elif self._backoff:
+            self._backoff = 0.0
 
     def _send_scheduled(self, body: bytes, headers: dict[str, str], frames: int) -> None:
         """Open loop: claim the schedule's next intended start, wait for it if it lies ahead, send; the latency
@@ -221,6 +230,8 @@ class InferenceMixin:
             seq.after(exc)
         if exc is not None:
             self._failed(exc, name, frames, elapsed_ms)
+        elif self._backoff:
+            self._backoff = 0.0
 
     def _failed(self, exc: Exception, name: str, frames: int, elapsed_ms: float) -> None:
         w = self.workload
@@ -234,6 +245,16 @@ class InferenceMixin:
             reason = f"--error_limit {limit} exceeded: {w.failures} failed requests in this process"
             log.error("ovms: %s; stopping the test", reason)
             request_stop(self.environment, reason)
+        if getattr(exc, "reconnect", False):
+            self._wait_to_reconnect()
+
+    def _wait_to_reconnect(self) -> None:
+        """After a failure that left no connection: wait (BACKOFF_FIRST_S, doubling to BACKOFF_MAX_S) before the
+        next attempt, asleep as Locust's own waits so that a stop ends the user here."""
+        delay = self._backoff = min(self._backoff * 2, BACKOFF_MAX_S) if self._backoff else BACKOFF_FIRST_S
+        self._state = LOCUST_STATE_WAITING
+        gevent.sleep(delay * random.uniform(0.8, 1.2))
+        self._state = LOCUST_STATE_RUNNING
 
     def on_stop(self) -> None:
         if getattr(self, "_left", None) and not self._idle:   # stopped (ramp-down) before its --steps_number

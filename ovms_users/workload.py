@@ -6,12 +6,13 @@ serialized once); the others wait for it. Every later request only picks bytes a
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import logging
 import ssl
 import time
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from gevent.lock import Semaphore
@@ -22,7 +23,7 @@ from ovms_users.http import HttpStatusError, HttpTarget, ssl_context
 from ovms_users.options import BenchOptions, parse_host
 from ovms_users.protocols import Encoded, WireProtocol, make_protocol
 from ovms_users.transport import make_channel, wants_tls
-from ovms_wire.dtypes import by_name
+from ovms_wire.dtypes import DTYPES, DTypeError, by_name
 from ovms_wire.spec import ModelSpec, TensorSpec
 
 __all__ = ["Workload", "fetch_spec", "SequenceIds", "ID_BLOCK"]
@@ -41,11 +42,41 @@ def _what(opts: BenchOptions) -> str:
     return f"model {opts.model_name}" + (f" version {opts.model_version}" if opts.model_version else "")
 
 
-def _explain(exc: grpc.RpcError, target: str, opts: BenchOptions) -> ServerError:
+def _served_hint(api: str, target: str, tls: bool, opts: BenchOptions, version_missing: bool) -> str:
+    """`` (it serves ...)``: what the server lists, asked once with a short timeout; empty if it cannot say."""
+    from ovms_users.listing import list_models  # listing imports this module
+
+    host = base_url(target, tls) if api.endswith("-rest") else ("grpcs://" if tls else "") + target
+    quick = replace(opts, api=api, metadata_timeout=min(3.0, opts.metadata_timeout))
+    try:
+        served = list_models(quick, host)
+    except Exception:   # noqa: BLE001 - only a hint: the error it decorates is the message
+        return ""
+    if version_missing:
+        versions = sorted({m.version for m in served if m.name == opts.model_name and m.version},
+                          key=lambda v: (len(v), v))
+        if not versions:
+            return ""
+        return f" (it serves {opts.model_name} version{'s' if len(versions) > 1 else ''} {', '.join(versions)})"
+    names = sorted({m.name for m in served})
+    if not names:
+        return ""
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} models)" if len(names) > 8 else "")
+    return f" (it serves {shown})"
+
+
+def _not_served(where: str, why: str, api: str, target: str, tls: bool, opts: BenchOptions,
+                extra: str = "") -> ServerError:
+    version_missing = bool(opts.model_version) and "version" in why.lower()
+    option = "--model_version" if version_missing else "--model_name"
+    hint = _served_hint(api, target, tls, opts, version_missing)
+    return ServerError(f"{where} does not serve {_what(opts)} ({why}); check {option}{extra}{hint}")
+
+
+def _explain(exc: grpc.RpcError, target: str, opts: BenchOptions, api: str = "", tls: bool = False) -> ServerError:
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
-        option = "--model_version" if "version" in details.lower() and opts.model_version else "--model_name"
-        return ServerError(f"{target} does not serve {_what(opts)} ({details}); check {option}")
+        return _not_served(target, details, api or opts.api, target, tls, opts)
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return ServerError(f"{target} does not speak the {opts.api.upper()} gRPC API ({details}); check --api and "
                            "--host (is this the gRPC port?)")
@@ -54,8 +85,20 @@ def _explain(exc: grpc.RpcError, target: str, opts: BenchOptions) -> ServerError
 
 def fetch_spec(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptions) -> ModelSpec:
     """The model's metadata, retried while the server is unreachable, for at most --metadata_timeout."""
-    if protocol.transport == "http":
-        return _fetch_http(protocol, target, tls, opts)
+    try:
+        if protocol.transport == "http":
+            return _fetch_http(protocol, target, tls, opts)
+        return _fetch_grpc(protocol, target, tls, opts)
+    except ServerError as exc:
+        unknown = exc.__context__
+        if not isinstance(unknown, DTypeError):
+            raise
+        raise ServerError(f"{target}: {_what(opts)} has a tensor of datatype {unknown.precision or '?'}, which the "
+                          f"suite cannot send (it sends {', '.join(d.name for d in DTYPES)}); benchmark another "
+                          "model (--model_name)") from None
+
+
+def _fetch_grpc(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptions) -> ModelSpec:
     deadline = time.monotonic() + opts.metadata_timeout
     channel = make_channel(target, opts, tls)
     announced = False
@@ -67,7 +110,7 @@ def fetch_spec(protocol: WireProtocol, target: str, tls: bool, opts: BenchOption
                                            timeout=max(0.05, min(remaining, 10.0)))
             except grpc.RpcError as exc:
                 if exc.code() in _FATAL_CODES:
-                    raise _explain(exc, target, opts) from None
+                    raise _explain(exc, target, opts, protocol.name, tls) from None
                 details = exc.details() or ""
                 if "http1.x server" in details or "Failed parsing HTTP/2" in details:
                     raise ServerError(f"{target} answers HTTP/1, not gRPC; check --host (give the gRPC port) and "
@@ -95,7 +138,7 @@ def base_url(target: str, tls: bool) -> str:
 
 
 def _fetch_http(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptions) -> ModelSpec:
-    client = HttpTarget(base_url(target, tls), ssl_context(opts) if tls else None)
+    client = HttpTarget(base_url(target, tls), ssl_context(opts) if tls else None, options=opts)   # --header too
     deadline = time.monotonic() + opts.metadata_timeout
     announced = False
     while True:
@@ -104,11 +147,13 @@ def _fetch_http(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptio
             return protocol.fetch_spec(client, opts.model_name, opts.model_version,
                                        timeout=max(0.05, min(remaining, 10.0)))
         except HttpStatusError as exc:
+            if exc.status == 404 and exc.message.lstrip().startswith("<"):   # a web page, not a JSON error
+                raise ServerError(f"{client.base_url} is not a model server's REST API: it answered the metadata "
+                                  f"request with HTTP 404 and a web page ({exc.message[:60]!r}); check --host "
+                                  "(give the REST port) and --api") from None
             if exc.status == 404:
-                option = "--model_version" if opts.model_version and "version" in exc.message.lower() else \
-                    "--model_name"
-                raise ServerError(f"{client.base_url} does not serve {_what(opts)} (HTTP 404: {exc.message}); "
-                                  f"check {option} and --api") from None
+                raise _not_served(client.base_url, f"HTTP 404: {exc.message}", protocol.name, target, tls, opts,
+                                  " and --api") from None
             if exc.status < 500:
                 raise ServerError(f"{client.base_url} refused the metadata request for {_what(opts)} "
                                   f"(HTTP {exc.status}: {exc.message}); check --api and --host") from None
@@ -122,7 +167,7 @@ def _fetch_http(protocol: WireProtocol, target: str, tls: bool, opts: BenchOptio
                 raise ServerError(f"TLS with {target} failed ({reason.reason or reason}); check --certs_dir, "
                                   "--ssl_ca, --ssl_cert, --ssl_key and the host name") from None
             why = str(reason)
-        except (OSError, ValueError) as exc:   # connection reset, timeouts, bad status lines
+        except (OSError, ValueError, http.client.HTTPException) as exc:   # connection reset, timeouts, cut replies
             why = f"{type(exc).__name__}: {exc}"
         _wait_or_give_up(deadline, target, opts, why, announced)
         announced = True

@@ -18,7 +18,11 @@ __all__ = ["DType", "DTYPES", "NUMERIC_PRECISIONS", "by_name", "by_tf", "by_nump
 
 
 class DTypeError(ValueError):
-    """An element type name that no API of the suite knows."""
+    """An element type name that no API of the suite knows; ``precision`` is that name as the peer gave it."""
+
+    def __init__(self, message: str, precision: str = ""):
+        super().__init__(message)
+        self.precision = precision
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def by_name(name: str) -> DType:
     found = _BY_NAME.get(key) or _ALIASES.get(key)
     if found is None:
         known = ", ".join(d.name for d in DTYPES)
-        raise DTypeError(f"unknown precision {name!r}; use one of {known}")
+        raise DTypeError(f"unknown precision {name!r}; use one of {known}", precision=str(name))
     return found
 
 
@@ -92,7 +96,8 @@ def by_tf(tf_enum: int) -> DType:
     try:
         return _BY_TF[tf_enum]
     except KeyError:
-        raise DTypeError(f"unsupported TensorFlow DataType {tf_enum}") from None
+        label = types_pb2.DataType.Name(tf_enum) if tf_enum in types_pb2.DataType.values() else str(tf_enum)
+        raise DTypeError(f"unsupported TensorFlow DataType {tf_enum} ({label})", precision=label) from None
 
 
 def by_numpy(dtype: np.dtype) -> DType:

@@ -136,8 +136,9 @@ class H2Channel(Endpoint):
     """One HTTP/2 connection to ``host:port``, opened on first use and again after it breaks; not shared
     between greenlets (each load user has its own)."""
 
-    def __init__(self, host: str, port: int, **endpoint: object):
+    def __init__(self, host: str, port: int, *, headers: tuple[tuple[str, str], ...] = (), **endpoint: object):
         super().__init__(host, port, **endpoint)
+        self.headers = tuple((name.lower(), value) for name, value in headers)   # custom metadata, every call
         self._blocks: dict[tuple[str, float | None], bytes] = {}
         self.sock: socket.socket | None = None
         self._reset_state()
@@ -200,7 +201,8 @@ class H2Channel(Endpoint):
         block = self._blocks.get(key)
         if block is None:
             tls = self.ssl_context is not None
-            block = self._blocks[key] = header_block(path, self.authority, tls, timeout, self.user_agent)
+            block = self._blocks[key] = header_block(path, self.authority, tls, timeout, self.user_agent,
+                                                     self.headers)
         return block
 
     # -- a call -------------------------------------------------------------------------------------

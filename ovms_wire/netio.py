@@ -74,34 +74,42 @@ class _BlockingIO:
 
 class _GeventIO:
     """Under gevent, for a plaintext connection: a non-blocking OS socket whose waits go straight to the hub
-    (one io watcher per direction, made once), and one reusable timer per call for its deadline. After a
+    (one io watcher per direction, made once), and one reusable timer for the calls' deadlines. After a
     request is written the reply cannot be there yet, so the first read waits before it reads; gevent's
-    socket wrapper would try a read first, fail, then wait: a syscall and some Python more per request."""
+    socket wrapper would try a read first, fail, then wait: a syscall and some Python more per request.
+
+    The timer is a libev timer re-armed with ``again`` for each call. A stopped libev timer started again
+    resumes with what was left of it (ev_timer_stop keeps the remaining time), so a gevent Timeout
+    restarted call after call goes off one timeout after its *first* start, in the middle of some later
+    call: every call then failed with DEADLINE_EXCEEDED once per timeout, and every call after a deadline
+    at once. ``again`` on a repeating timer arms it for its whole period from now."""
 
     def __init__(self, sock: socket.socket):
-        from gevent import Timeout, get_hub
+        from gevent import get_hub, getcurrent
 
         self.hub = get_hub()
+        self._getcurrent = getcurrent
         self.raw = _socket.socket(fileno=sock.detach())
         self.raw.setblocking(False)
         fd = self.raw.fileno()
         self.readable = self.hub.loop.io(fd, 1)
         self.writable = self.hub.loop.io(fd, 2)
-        self.timer = Timeout(None, Deadline)
-        self._Timeout = Timeout
+        self.timer = None   # a libev timer of ``seconds`` (repeating, so that ``again`` re-arms it in full)
         self.seconds: float | None = None
         self.reply_due = False
 
     def begin(self, timeout: float | None) -> None:
         if timeout != self.seconds:
-            self.timer.close()
-            self.timer = self._Timeout(timeout, Deadline)
+            if self.timer is not None:
+                self.timer.close()
+            self.timer = self.hub.loop.timer(timeout, timeout) if timeout else None
             self.seconds = timeout
-        if timeout:
-            self.timer.start()
+        if self.timer is not None:
+            self.timer.again(self._getcurrent().throw, Deadline)
 
     def end(self) -> None:
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.stop()
         self.reply_due = False
 
     def sendall(self, data: bytes) -> None:
@@ -130,7 +138,9 @@ class _GeventIO:
                 self.hub.wait(self.readable)
 
     def close(self) -> None:
-        self.timer.close()
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
         self.readable.close()
         self.writable.close()
         try:

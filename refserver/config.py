@@ -58,11 +58,12 @@ class LatencySpec:
     def parse(cls, raw: Mapping | None, where: str) -> LatencySpec:
         if not raw:
             return cls()
-        raw = dict(raw)
-        stall = raw.pop("stall", None) or {}
+        raw = dict(_mapping(raw, where))
+        stall = _mapping(raw.pop("stall", None) or {}, f"{where}.stall")
         dist = raw.pop("distribution", "fixed")
         _check_distribution(dist, raw, where)
-        every, dur = float(stall.get("every_s", 0)), float(stall.get("duration_ms", 0))
+        every = _number(stall.get("every_s", 0), f"{where}.stall.every_s")
+        dur = _number(stall.get("duration_ms", 0), f"{where}.stall.duration_ms")
         if stall and (every <= 0 or dur <= 0 or dur >= every * 1000):
             raise ConfigError(f"{where}.stall: needs every_s > 0 and 0 < duration_ms < every_s*1000")
         return cls(dist, raw, every, dur)
@@ -82,6 +83,38 @@ class LatencySpec:
         return self.distribution == "fixed" and not self.params.get("ms") and not self.stall_every_s
 
 
+def _mapping(raw: Any, where: str) -> Mapping:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: needs an object ({{...}}), got {raw!r}")
+    return raw
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: needs a number, got {value!r}")
+    return float(value)
+
+
+def _check_tensors(tensors: Any, where: str) -> None:
+    """Each tensor an object with a string name, a datatype and a list of whole-number dimensions."""
+    if not isinstance(tensors, list):
+        raise ConfigError(f"{where}: needs a list of tensors, got {tensors!r}")
+    for i, t in enumerate(tensors):
+        at = f"{where}[{i}]"
+        _mapping(t, at)
+        for key in ("name", "datatype", "shape"):
+            if key not in t and not (key == "datatype" and "dtype" in t):
+                raise ConfigError(f"{at}: missing key {key!r}")
+        if not isinstance(t["name"], str) or not t["name"]:
+            raise ConfigError(f"{at}.name: needs a non-empty string, got {t['name']!r}")
+        if not isinstance(t.get("datatype", t.get("dtype")), str):
+            raise ConfigError(f"{at}.datatype: needs a precision name such as FP32, got "
+                              f"{t.get('datatype', t.get('dtype'))!r}")
+        shape = t["shape"]
+        if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
+            raise ConfigError(f"{at}.shape: needs a list of whole numbers (-1 for a dynamic dimension), got {shape!r}")
+
+
 _REQUIRED = {"fixed": ("ms",), "uniform": ("min_ms", "max_ms"), "normal": ("mean_ms", "stdev_ms"),
              "lognormal": ("median_ms", "sigma"), "exponential": ("mean_ms",), "mixture": ("components",)}
 
@@ -97,8 +130,8 @@ def _check_distribution(dist: str, params: Mapping, where: str) -> None:
         if not isinstance(comps, list) or not comps:
             raise ConfigError(f"{where}.components: a non-empty list is needed")
         for i, comp in enumerate(comps):
-            comp = dict(comp)
-            if float(comp.pop("weight", 0)) <= 0:
+            comp = dict(_mapping(comp, f"{where}.components[{i}]"))
+            if _number(comp.pop("weight", 0), f"{where}.components[{i}].weight") <= 0:
                 raise ConfigError(f"{where}.components[{i}]: needs a weight > 0")
             _check_distribution(comp.pop("distribution", "fixed"), comp, f"{where}.components[{i}]")
     else:
@@ -142,6 +175,7 @@ class FaultSpec:
     def parse(cls, raw: Mapping | None, where: str) -> FaultSpec:
         if not raw:
             return cls()
+        raw = _mapping(raw, where)
         rate = raw.get("rate", 0.0)
         if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
             raise ConfigError(f"{where}.rate: needs a number from 0 to 1, got {rate!r}")
@@ -171,8 +205,12 @@ _MODEL_KEYS = {"name", "kind", "versions", "inputs", "outputs", "params", "state
 
 def _parse_version(base: Mapping, version: int, where: str) -> ServedVersion:
     kind = base.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ConfigError(f"{where}.kind: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    for key in ("inputs", "outputs"):
+        _check_tensors(base.get(key), f"{where}.{key}")
+    if base.get("params") is not None:
+        _mapping(base["params"], f"{where}.params")
     try:
         inputs = tuple(TensorSpec.from_config(t) for t in base["inputs"])
         outputs = tuple(TensorSpec.from_config(t) for t in base["outputs"])
@@ -220,10 +258,21 @@ def parse_config(raw: Mapping) -> ServerConfig:
         if not overrides or min(overrides) < 1:
             raise ConfigError(f"{where}.versions: versions must be positive integers")
         base = {k: v for k, v in entry.items() if k != "versions"}
-        models[name] = {v: _parse_version({**base, **overrides[v]}, v, f"{where} ({name} v{v})")
-                        for v in sorted(overrides)}
+        for v in overrides:
+            _mapping(overrides[v], f"{where}.versions.{v}")
+        models[name] = {}
+        for v in sorted(overrides):
+            at = f"{where} ({name} v{v})"
+            try:
+                models[name][v] = _parse_version({**base, **overrides[v]}, v, at)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:   # anything the checks above missed
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{at}: {type(exc).__name__}: {exc}") from None
     seed = raw.get("seed")
-    return ServerConfig(models, None if seed is None else int(seed))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed: needs a whole number >= 0, got {seed!r}")
+    return ServerConfig(models, seed)
 
 
 def load_config(path: str | Path | None) -> ServerConfig:

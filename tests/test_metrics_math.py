@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics_ext.result import ovms_statistics
-from metrics_ext.series import OVMS_KEYS, Phases, Recorder, Series
-from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram
+from metrics_ext.result import ovms_statistics, timeline
+from metrics_ext.series import OVMS_KEYS, Phases, Recorder, Series, WorkerPart
+from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram, PackedHistogram
 
 samples = st.lists(st.tuples(st.booleans(), st.floats(1e-5, 5.0), st.integers(1, 8), st.floats(0, 100)),
                    max_size=60)
@@ -103,6 +103,48 @@ def test_merging_parts_equals_recording_everything(a, b, c):
                 assert merged[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
             else:
                 assert merged[key] == value, key
+
+
+@settings(deadline=None)
+@given(samples, st.lists(st.integers(0, 60), max_size=6))
+def test_delta_reports_rebuild_the_whole_recorder(rows, cuts):
+    """A worker reports only the timeline's seconds recorded into since its previous report (and its final
+    snapshot likewise); the master's WorkerPart rebuilt from those deltas equals the worker's whole snapshot:
+    the same timeline (counts, errors by status, quantiles) and the same statistics. Completion times are not
+    sorted here, so a second recorded into again after others (a clock that stepped back) is covered too."""
+    worker, part = Recorder(PHASES), WorkerPart()
+    cuts = set(cuts)
+    for i, (ok, lat, frames, done) in enumerate(rows):
+        worker.record(ok, lat, frames, done, None if ok else ("UNAVAILABLE" if i % 2 else "DEADLINE_EXCEEDED"))
+        if i in cuts:
+            part.apply(worker.snapshot(delta=True))
+    part.apply(worker.snapshot(delta=True))   # the final
+    rebuilt, whole = Recorder.merged([part.snapshot()]), Recorder.merged([worker.snapshot()])
+    assert timeline(rebuilt) == timeline(whole) == timeline(recorder_of_with_statuses(rows))
+    assert stats_of(rebuilt) == stats_of(whole)
+    # past seconds are packed (8 bytes a bucket), and still read back exactly
+    current = worker._sec
+    assert all(isinstance(c[3], PackedHistogram) for sec, c in worker.timeline.items() if sec != current)
+
+
+def recorder_of_with_statuses(rows) -> Recorder:
+    rec = Recorder(PHASES)
+    for i, (ok, lat, frames, done) in enumerate(rows):
+        rec.record(ok, lat, frames, done, None if ok else ("UNAVAILABLE" if i % 2 else "DEADLINE_EXCEEDED"))
+    return rec
+
+
+def test_a_packed_histogram_is_the_histogram():
+    hist = LogHistogram()
+    for i in range(1, 500):
+        hist.record(i * 1.7e-5)
+    packed = PackedHistogram.of(hist)
+    assert packed.to_dict() == hist.to_dict() and packed.thaw() == hist
+    assert [packed.quantile(q) for q in (0.0, 0.5, 0.99, 1.0)] == [hist.quantile(q) for q in (0.0, 0.5, 0.99, 1.0)]
+    assert len(packed.data) == 8 * len(hist.buckets)
+    merged = LogHistogram()
+    merged.merge(packed)
+    assert merged == hist
 
 
 @settings(deadline=None)
