@@ -29,7 +29,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from metrics_ext.mongo import mask_argv, mask_options  # regular expressions only: pymongo is imported by an export
 from metrics_ext.output import RESULT_EXIT_CODE, MetricsError, check_outputs, write_atomically
 from metrics_ext.result import build_result, format_summary, ovms_statistics
-from metrics_ext.series import Phases, Recorder, WorkerPart
+from metrics_ext.series import Phases, Recorder, TimelineSum, WorkerPart
 from metrics_ext.webui import install_web_ui
 
 __all__ = ["MetricsExtension", "add_arguments", "EXTENSION"]
@@ -229,7 +229,8 @@ class MetricsExtension:
         self.environment: Any = None
         self.settings: dict = read_settings(None)
         self.recorder: Recorder | None = None
-        self.snapshots: dict[str, WorkerPart] = {}   # worker id -> what its reports (and final) have said
+        self.snapshots: dict[str, WorkerPart] = {}   # worker id -> its latest series (from a report or final)
+        self.timeline = TimelineSum()          # the workers' timelines, added up from their drained reports
         self.report_times: dict[str, float] = {}   # worker id -> when its latest snapshot arrived (wall clock)
         self.lost: dict[str, float] = {}       # worker id -> when the master found it missing (wall clock)
         self.finals: set[str] = set()          # the workers whose final snapshot arrived
@@ -261,6 +262,7 @@ class MetricsExtension:
         self.settings = read_settings(environment.parsed_options)
         runner = environment.runner
         self.snapshots.clear()
+        self.timeline = TimelineSum()
         self.report_times.clear()
         self.lost.clear()
         self.finals.clear()
@@ -346,20 +348,20 @@ class MetricsExtension:
 
     def on_report_to_master(self, client_id: str, data: dict, **_kw: Any) -> None:
         if self.recorder is not None:
-            data[REPORT_KEY] = self.recorder.snapshot(delta=True)   # the seconds recorded into since the last
+            data[REPORT_KEY] = self.recorder.snapshot(drain=True)   # the timeline since the previous report
         server = getattr(self.environment, "ovms_server", None)
         if server:   # what the server said it is, for a master started from the web UI (it fetched nothing)
             data[SERVER_KEY] = server
 
     def on_worker_report(self, client_id: str, data: dict, **_kw: Any) -> None:
         if REPORT_KEY in data:
-            self.snapshots.setdefault(client_id, WorkerPart()).apply(data[REPORT_KEY])
+            self.snapshots.setdefault(client_id, WorkerPart()).apply(data[REPORT_KEY], self.timeline)
             self.report_times[client_id] = time.time()
         if data.get(SERVER_KEY) and not getattr(self.environment, "ovms_server", None):
             self.environment.ovms_server = data[SERVER_KEY]
 
     def _on_final(self, environment: Any, msg: Any, **_kw: Any) -> None:
-        self.snapshots.setdefault(msg.node_id, WorkerPart()).apply(msg.data)
+        self.snapshots.setdefault(msg.node_id, WorkerPart()).apply(msg.data, self.timeline)
         self.finals.add(msg.node_id)
 
     def on_test_stop(self, environment: Any, **_kw: Any) -> None:
@@ -373,7 +375,7 @@ class MetricsExtension:
             self._status = None
         if isinstance(runner, WorkerRunner):
             if self.recorder is not None:
-                runner.send_message(FINAL_MESSAGE, self.recorder.snapshot(delta=True))
+                runner.send_message(FINAL_MESSAGE, self.recorder.snapshot(drain=True))
             return
         if not isinstance(runner, MasterRunner) or self._all_finals():
             self.export()
@@ -386,7 +388,9 @@ class MetricsExtension:
 
     def _wait_and_export(self) -> None:
         deadline = time.monotonic() + FINALS_TIMEOUT_S
+        runner = self.environment.runner
         while not self._all_finals() and time.monotonic() < deadline:
+            self._find_lost(runner)   # Locust marks a worker missing after a few seconds without a heartbeat
             gevent.sleep(0.05)
         self.export()
 
@@ -418,10 +422,10 @@ class MetricsExtension:
         parts, workers = [], {}
         for client in sorted(self.expected | set(self.snapshots) | set(self.finals)):
             if client in self.finals:
-                parts.append(self.snapshots[client].snapshot(series_only))
+                parts.append(self.snapshots[client].snapshot())
                 workers[client] = "final"
             elif client in self.snapshots:
-                parts.append(self.snapshots[client].snapshot(series_only))
+                parts.append(self.snapshots[client].snapshot())
                 state = "missing final: data up to its last report"
                 if client in self.report_times:
                     state += f" at {_clock(self.report_times[client])}"
@@ -432,6 +436,8 @@ class MetricsExtension:
                 workers[client] = "missing: no data received"
         if not parts:
             parts = [self.recorder.snapshot()]
+        elif not series_only:   # the workers' timelines, added up as their reports came
+            parts[0] = {**parts[0], "timeline": self.timeline.rows()}
         return Recorder.merged(parts, series_only), workers
 
     def _compose(self, stop_time: float | None, live: bool = False) -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram, PackedHistogram, _bucket
 
-__all__ = ["Series", "Lagged", "Phases", "Recorder", "WorkerPart", "QUANTILES", "OVMS_KEYS", "LATE_S",
+__all__ = ["Series", "Lagged", "Phases", "Recorder", "WorkerPart", "TimelineSum", "QUANTILES", "OVMS_KEYS", "LATE_S",
            "LAGGED_QUANTILES"]
 
 
@@ -295,7 +295,6 @@ class Recorder:
         self._total, self._warmup, self._window = self.series["total"], self.series["warmup"], self.series["window"]
         self._warmup_end, self._window_end = phases.warmup_end, phases.window_end
         self._sec, self._cell = None, None   # the timeline's latest second and its cell
-        self._dirty: set[int] = set()         # seconds recorded into since the last delta snapshot
 
     def _new(self) -> Series:
         return Series(ovms=OvmsHistogram(self.factor, self.base))
@@ -358,7 +357,6 @@ class Recorder:
         elif isinstance(cell[3], PackedHistogram):
             cell[3] = cell[3].thaw()
         self._sec, self._cell = sec, cell
-        self._dirty.add(sec)
         return cell
 
     def _split_batches(self) -> None:
@@ -389,20 +387,21 @@ class Recorder:
                 part = phase.lagged = Lagged()
             part.add(service, lag, ks, kl)
 
-    def snapshot(self, delta: bool = False) -> dict:
-        """Everything, as plain data. ``delta``: the timeline's seconds recorded into since the last delta
-        snapshot only (each whole; the rest is unchanged): a worker's periodic report, whose cost then does
-        not grow with the run's length. The series and breakdowns are whole either way (their size is fixed)."""
-        if delta:
-            seconds = sorted(self._dirty)
-            self._dirty = {self._sec} if self._sec is not None else set()   # the current second may change yet
-            cells = [(sec, self.timeline[sec]) for sec in seconds]
+    def snapshot(self, drain: bool = False) -> dict:
+        """Everything, as plain data. ``drain``: the timeline holds only what was recorded since the previous
+        drain, and leaves this recorder (a worker's report: the master adds the timeline's parts up, in any
+        order, so neither the report's cost nor the worker's memory grows with the run). The series and
+        breakdowns are cumulative and whole either way (their size is fixed)."""
+        if drain:
+            cells = sorted(self.timeline.items())
+            self.timeline = {}
+            self._sec, self._cell = None, None
         else:
             cells = list(self.timeline.items())
         return {"phases": self.phases.to_dict(), "factor": self.factor, "base": self.base, "last": self.last_done,
                 "series": {k: s.to_dict() for k, s in self.series.items()},
                 "timeline": [[sec, c[0], c[1], c[2], c[3].to_dict(), c[4]] for sec, c in cells],
-                "by_batch": [[bs, self._batch_dict(s)] for bs, s in self.by_batch.items()], "delta": delta}
+                "by_batch": [[bs, self._batch_dict(s)] for bs, s in self.by_batch.items()], "drained": drain}
 
     def merge_snapshot(self, snap: dict, series_only: bool = False) -> None:
         self._split_batches()   # merged into, the window and its one batch size part ways
@@ -418,7 +417,7 @@ class Recorder:
             cell[0] += ok
             cell[1] += bad
             cell[2] += frames
-            cell[3].merge(hist if isinstance(hist, PackedHistogram) else LogHistogram.from_dict(hist))
+            cell[3].merge(hist if isinstance(hist, (PackedHistogram, LogHistogram)) else LogHistogram.from_dict(hist))
             if more and more[0]:
                 errors = cell[4]
                 if errors is None:
@@ -441,23 +440,58 @@ class Recorder:
 
 
 class WorkerPart:
-    """What the master holds of one worker: its latest series (cumulative, fixed in size) and its timeline so
-    far, built from the seconds each report carries (a report carries the seconds recorded into since the
-    previous one, each whole) and kept packed, so a long run costs the master about a kilobyte per worker
-    and second, and a report's cost does not grow with the run."""
+    """What the master holds of one worker: its latest report without the timeline (the series and
+    breakdowns, cumulative and fixed in size). The reports' timelines go to the master's TimelineSum."""
 
     def __init__(self) -> None:
         self.head: dict | None = None
-        self.cells: dict[int, list] = {}
 
-    def apply(self, snap: dict) -> None:
-        self.head = {k: v for k, v in snap.items() if k not in ("timeline", "delta")}
-        if not snap.get("delta", False):
-            self.cells.clear()
-        for sec, ok, bad, frames, hist, *more in snap["timeline"]:
-            self.cells[sec] = [ok, bad, frames, PackedHistogram.from_dict(hist), more[0] if more else None]
+    def apply(self, snap: dict, timeline: TimelineSum) -> None:
+        self.head = {k: v for k, v in snap.items() if k not in ("timeline", "drained")}
+        timeline.add(snap["timeline"])
 
-    def snapshot(self, series_only: bool = False) -> dict:
+    def snapshot(self) -> dict:
         assert self.head is not None
-        timeline = [] if series_only else [[sec, c[0], c[1], c[2], c[3], c[4]] for sec, c in self.cells.items()]
-        return {**self.head, "timeline": timeline}
+        return {**self.head, "timeline": []}
+
+
+class TimelineSum:
+    """The per-second timeline of a distributed run, added up from the workers' drained reports (each
+    carries what its worker recorded since its previous report). Counts, errors and histograms add, so the
+    order of reports does not matter; seconds more than KEEP_OPEN_S behind the newest are packed (8 bytes a
+    bucket), so the master holds about a kilobyte per second of the run, whatever the number of workers."""
+    KEEP_OPEN_S = 10
+
+    def __init__(self) -> None:
+        self.cells: dict[int, list] = {}
+        self._open: set[int] = set()
+        self._newest: int | None = None
+
+    def add(self, rows: list) -> None:
+        for sec, ok, bad, frames, hist, *more in rows:
+            cell = self.cells.get(sec)
+            if cell is None:
+                cell = self.cells[sec] = [0, 0, 0, LogHistogram(), None]
+            elif isinstance(cell[3], PackedHistogram):
+                cell[3] = cell[3].thaw()
+            self._open.add(sec)
+            cell[0] += ok
+            cell[1] += bad
+            cell[2] += frames
+            cell[3].merge(hist if isinstance(hist, (PackedHistogram, LogHistogram)) else LogHistogram.from_dict(hist))
+            if more and more[0]:
+                errors = cell[4]
+                if errors is None:
+                    errors = cell[4] = {}
+                for key, n in more[0].items():
+                    errors[key] = errors.get(key, 0) + n
+            if self._newest is None or sec > self._newest:
+                self._newest = sec
+        if self._newest is not None:
+            for sec in [t for t in self._open if t < self._newest - self.KEEP_OPEN_S]:
+                self.cells[sec][3] = PackedHistogram.of(self.cells[sec][3])
+                self._open.discard(sec)
+
+    def rows(self) -> list:
+        """The timeline as a snapshot's rows (histograms as they are: merge_snapshot takes either kind)."""
+        return [[sec, c[0], c[1], c[2], c[3], c[4]] for sec, c in sorted(self.cells.items())]

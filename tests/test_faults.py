@@ -77,7 +77,7 @@ def test_a_server_killed_and_started_again(tmp_path, api):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
         try:
             wait_for_load(server, proc)
-            time.sleep(1.0)
+            time.sleep(2.0)   # at least one whole second of load before the kill
             server.proc.send_signal(signal.SIGKILL)   # no goodbye: connections reset, then refused
             server.proc.wait(10)
             killed = time.time()

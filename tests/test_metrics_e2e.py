@@ -244,7 +244,10 @@ def test_a_killed_worker_is_reported_and_its_data_kept(server, tmp_path):
             terminate(p)
         out.unlink(missing_ok=True)
     states = sorted(doc["workers"].values())
-    assert states[0] == "final" and states[1].startswith("missing final: data up to its last report"), states
+    assert states[0] == "final" and states[1].startswith("missing final: data up to its last report at 20"), states
+    assert "; lost at 20" in states[1]   # which worker, and when the master found it gone
+    lost = next(c for c, state in doc["workers"].items() if state != "final")
+    assert f"worker {lost} lost at 20" in err and "its data up to its last report at 20" in err, err[-3000:]
     assert "sent no final snapshot" in err
     assert doc["statistics"]["submetrics"] == 2
     # the lost worker's requests up to its last report are in the result, beside the survivor's: the same

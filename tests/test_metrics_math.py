@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metrics_ext.result import ovms_statistics, timeline
-from metrics_ext.series import OVMS_KEYS, Phases, Recorder, Series, WorkerPart
+from metrics_ext.series import OVMS_KEYS, Phases, Recorder, Series, TimelineSum, WorkerPart
 from metrics_ext.stats import LogHistogram, Moments, OvmsHistogram, PackedHistogram
 
 samples = st.lists(st.tuples(st.booleans(), st.floats(1e-5, 5.0), st.integers(1, 8), st.floats(0, 100)),
@@ -106,25 +106,37 @@ def test_merging_parts_equals_recording_everything(a, b, c):
 
 
 @settings(deadline=None)
-@given(samples, st.lists(st.integers(0, 60), max_size=6))
-def test_delta_reports_rebuild_the_whole_recorder(rows, cuts):
-    """A worker reports only the timeline's seconds recorded into since its previous report (and its final
-    snapshot likewise); the master's WorkerPart rebuilt from those deltas equals the worker's whole snapshot:
-    the same timeline (counts, errors by status, quantiles) and the same statistics. Completion times are not
-    sorted here, so a second recorded into again after others (a clock that stepped back) is covered too."""
-    worker, part = Recorder(PHASES), WorkerPart()
-    cuts = set(cuts)
+@given(samples, st.lists(st.integers(0, 60), max_size=6), st.randoms(use_true_random=False))
+def test_drained_reports_add_up_to_the_whole_recorder(rows, cuts, rnd):
+    """A worker's report carries the timeline recorded since its previous report, and drops it; the master
+    adds the reports' timelines up (TimelineSum), in whatever order they come. The sum equals recording
+    everything in one recorder: the same timeline (counts, errors by status, quantiles) and statistics.
+    Completion times are not sorted here, so a second recorded into again in a later report (a clock that
+    stepped back) is covered too."""
+    worker, part, total = Recorder(PHASES), WorkerPart(), TimelineSum()
+    reports, cuts = [], set(cuts)
     for i, (ok, lat, frames, done) in enumerate(rows):
         worker.record(ok, lat, frames, done, None if ok else ("UNAVAILABLE" if i % 2 else "DEADLINE_EXCEEDED"))
         if i in cuts:
-            part.apply(worker.snapshot(delta=True))
-    part.apply(worker.snapshot(delta=True))   # the final
-    rebuilt, whole = Recorder.merged([part.snapshot()]), Recorder.merged([worker.snapshot()])
-    assert timeline(rebuilt) == timeline(whole) == timeline(recorder_of_with_statuses(rows))
-    assert stats_of(rebuilt) == stats_of(whole)
-    # past seconds are packed (8 bytes a bucket), and still read back exactly
-    current = worker._sec
-    assert all(isinstance(c[3], PackedHistogram) for sec, c in worker.timeline.items() if sec != current)
+            reports.append(worker.snapshot(drain=True))
+    reports.append(worker.snapshot(drain=True))   # the final
+    assert worker.timeline == {}                  # nothing kept on the worker
+    rnd.shuffle(reports[:-1])
+    for report in reports:
+        part.apply(report, total)
+    rebuilt = Recorder.merged([{**part.snapshot(), "timeline": total.rows()}])
+    whole = recorder_of_with_statuses(rows)
+    assert timeline(rebuilt) == timeline(whole)
+    assert stats_of(rebuilt) == stats_of(Recorder.merged([whole.snapshot()]))
+
+
+def test_past_seconds_are_packed():
+    rec, total = Recorder(PHASES), TimelineSum()
+    for i in range(3000):
+        rec.record(True, 0.001 + (i % 97) * 1e-5, 1, 20.0 + i * 0.01)   # 30 seconds
+    assert all(isinstance(c[3], PackedHistogram) for sec, c in rec.timeline.items() if sec != rec._sec)
+    total.add(rec.snapshot()["timeline"])
+    assert sum(isinstance(c[3], PackedHistogram) for c in total.cells.values()) == 30 - 1 - TimelineSum.KEEP_OPEN_S
 
 
 def recorder_of_with_statuses(rows) -> Recorder:
