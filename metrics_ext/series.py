@@ -410,20 +410,8 @@ class Recorder:
             self.series[name].merge(Series.from_dict(d, self.factor, self.base))
         if series_only:   # the phases' statistics only (a live view): the timeline costs most of a merge
             return
-        for sec, ok, bad, frames, hist, *more in snap["timeline"]:
-            cell = self.timeline.get(sec)
-            if cell is None:
-                cell = self.timeline[sec] = [0, 0, 0, LogHistogram(), None]
-            cell[0] += ok
-            cell[1] += bad
-            cell[2] += frames
-            cell[3].merge(hist if isinstance(hist, (PackedHistogram, LogHistogram)) else LogHistogram.from_dict(hist))
-            if more and more[0]:
-                errors = cell[4]
-                if errors is None:
-                    errors = cell[4] = {}
-                for key, n in more[0].items():
-                    errors[key] = errors.get(key, 0) + n
+        for row in snap["timeline"]:
+            add_row(self.timeline, row)
         for bs, d in snap.get("by_batch", ()):
             per = self.by_batch.get(bs)
             if per is None:
@@ -437,6 +425,27 @@ class Recorder:
         for snap in snapshots:
             rec.merge_snapshot(snap, series_only)
         return rec
+
+
+def add_row(cells: dict[int, list], row: list) -> None:
+    """Add a snapshot's timeline row ``[sec, pass, fail, frames, histogram, {status: fails} or None]`` (the
+    histogram as a dict, packed or not) into ``cells`` (second -> cell); a packed cell is unpacked first."""
+    sec, ok, bad, frames, hist, *more = row
+    cell = cells.get(sec)
+    if cell is None:
+        cell = cells[sec] = [0, 0, 0, LogHistogram(), None]
+    elif isinstance(cell[3], PackedHistogram):
+        cell[3] = cell[3].thaw()
+    cell[0] += ok
+    cell[1] += bad
+    cell[2] += frames
+    cell[3].merge(hist if isinstance(hist, (PackedHistogram, LogHistogram)) else LogHistogram.from_dict(hist))
+    if more and more[0]:
+        errors = cell[4]
+        if errors is None:
+            errors = cell[4] = {}
+        for key, n in more[0].items():
+            errors[key] = errors.get(key, 0) + n
 
 
 class WorkerPart:
@@ -468,23 +477,10 @@ class TimelineSum:
         self._newest: int | None = None
 
     def add(self, rows: list) -> None:
-        for sec, ok, bad, frames, hist, *more in rows:
-            cell = self.cells.get(sec)
-            if cell is None:
-                cell = self.cells[sec] = [0, 0, 0, LogHistogram(), None]
-            elif isinstance(cell[3], PackedHistogram):
-                cell[3] = cell[3].thaw()
+        for row in rows:
+            sec = row[0]
+            add_row(self.cells, row)
             self._open.add(sec)
-            cell[0] += ok
-            cell[1] += bad
-            cell[2] += frames
-            cell[3].merge(hist if isinstance(hist, (PackedHistogram, LogHistogram)) else LogHistogram.from_dict(hist))
-            if more and more[0]:
-                errors = cell[4]
-                if errors is None:
-                    errors = cell[4] = {}
-                for key, n in more[0].items():
-                    errors[key] = errors.get(key, 0) + n
             if self._newest is None or sec > self._newest:
                 self._newest = sec
         if self._newest is not None:

@@ -140,17 +140,17 @@ class LogHistogram:
 
 
 class PackedHistogram:
-    """A LogHistogram that no longer changes (a past second of the timeline), its buckets packed in 8 bytes
-    each: a long run's per-second histograms then cost about a kilobyte a second, not ten. It merges into
-    a LogHistogram and answers ``quantile`` and ``to_dict`` as one."""
-    __slots__ = ("data", "count", "min", "max")
+    """A LogHistogram that no longer changes (a past second of the timeline), packed: each non-empty bucket
+    is its index (2 bytes: there are fewer than 65536) and its count (2 bytes, or 4 if any count needs it),
+    so a long run's per-second histograms cost a few hundred bytes a second, not ten kilobytes. It merges
+    into a LogHistogram and answers ``quantile`` and ``to_dict`` as one."""
+    __slots__ = ("index", "counts", "count", "min", "max")
 
     def __init__(self, buckets: dict[int, int], count: int, low: float, high: float):
-        packed = array("I")
-        for k in sorted(buckets):
-            packed.append(k)
-            packed.append(buckets[k])
-        self.data = packed.tobytes()
+        keys = sorted(buckets)
+        values = [buckets[k] for k in keys]
+        self.index = array("H", keys).tobytes()
+        self.counts = array("H" if not values or max(values) < 65536 else "I", values)
         self.count, self.min, self.max = count, low, high
 
     @classmethod
@@ -164,9 +164,14 @@ class PackedHistogram:
 
     @property
     def buckets(self) -> dict[int, int]:
-        unpacked = array("I")
-        unpacked.frombytes(self.data)
-        return dict(zip(unpacked[::2], unpacked[1::2], strict=True))
+        index = array("H")
+        index.frombytes(self.index)
+        return dict(zip(index, self.counts, strict=True))
+
+    @property
+    def nbytes(self) -> int:
+        """The packed buckets' size in bytes."""
+        return len(self.index) + len(self.counts) * self.counts.itemsize
 
     def thaw(self) -> LogHistogram:
         return LogHistogram(self.buckets, self.count, self.min, self.max)

@@ -62,6 +62,19 @@ def terminate(proc, timeout: float = 15) -> int:
     return proc.returncode
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """``predicate()``'s first true value, polled every 0.2 s; AssertionError naming ``what`` after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
 def scrape_counter(text: str, metric: str, **labels: str) -> float:
     """The value of one Prometheus sample in /metrics text, 0 if absent."""
     for line in text.splitlines():

@@ -88,6 +88,22 @@ def run_captured(host: str, *args: str, folder: Path, **kw) -> tuple[LocustResul
     return result, json.loads(capture.read_text())
 
 
+def start_distributed(master_args: list[str], workers: int = 2, cwd: Path | None = None
+                      ) -> tuple[subprocess.Popen, list[subprocess.Popen]]:
+    """A master (``--master`` on 127.0.0.1 and a free port, plus ``master_args``; stdout and stderr piped, as
+    text) and ``workers`` worker processes (output discarded), started; the caller stops them."""
+    port = free_port()
+    env, cwd = _env(), cwd or ROOT
+    master = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1",
+                                        "--master-bind-port", str(port), "--skip-log-setup", *master_args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    procs = [subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
+                                        "--master-port", str(port), "--skip-log-setup"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+             for _ in range(workers)]
+    return master, procs
+
+
 def run_distributed(host: str, *args: str, workers: int = 2, users: int = 4, run_time: str = "3s",
                     timeout: float = 120) -> tuple[LocustResult, list[LocustResult]]:
     """A master process and ``workers`` worker processes on loopback; all are stopped before returning."""

@@ -23,7 +23,7 @@ import requests
 from metrics_ext.output import RESULT_EXIT_CODE, MetricsError, check_writable
 from refserver.launcher import RefServer
 from tests.conftest import scrape_counter, terminate
-from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, LocustResult, free_port
+from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, LocustResult, start_distributed
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
@@ -170,17 +170,9 @@ def test_a_local_run_stopped_by_sigterm_writes_its_result(refserver, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_master_stopped_by_a_signal_writes_what_its_workers_measured(refserver, tmp_path, sig):
     out = tmp_path / "result.json"
-    port = free_port()
-    master = subprocess.Popen(
-        LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port",
-                  str(port), "--expect-workers", "2", "--headless", "-u", "4", "-r", "4", "-t", "60s", "--json",
-                  "--skip-log-setup", "--host", refserver.grpc_address, "--api", "kfs", "--model_name", "dummy",
-                  "--result_file", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
-    workers = [subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
-                                          "--master-port", str(port), "--skip-log-setup"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
-               for _ in range(2)]
+    master, workers = start_distributed(["--expect-workers", "2", "--headless", "-u", "4", "-r", "4", "-t", "60s",
+                                         "--json", "--host", refserver.grpc_address, "--api", "kfs",
+                                         "--model_name", "dummy", "--result_file", str(out)], cwd=tmp_path)
     try:
         wait_for_load(refserver, master)
         time.sleep(1.0)

@@ -22,7 +22,16 @@ import requests
 
 from refserver.launcher import RefServer
 from tests.conftest import scrape_counter, terminate
-from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, free_port, loopback_master, run_distributed, run_locust
+from tests.locust_run import (
+    LOCUST,
+    LOCUSTFILE,
+    ROOT,
+    free_port,
+    loopback_master,
+    run_distributed,
+    run_locust,
+    start_distributed,
+)
 
 X = {"name": "x", "datatype": "FP32", "shape": [-1, 2]}
 Y = {"name": "y", "datatype": "FP32", "shape": [-1, 2]}
@@ -221,18 +230,9 @@ def test_sigint_still_writes_the_result(server, tmp_path):
 
 def test_a_killed_worker_is_reported_and_its_data_kept(server, tmp_path):
     out = ROOT / "ovms-result-test-killed.json"
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    master = subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1",
-                                        "--master-bind-port", str(port), "--expect-workers", "2", "--headless",
-                                        "-u", "4", "-r", "4", "-t", "9s", "--skip-log-setup", "--host",
-                                        server.grpc_address, "--api", "kfs", "--model_name", "tail",
-                                        "--result_file", str(out), "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    workers = [subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
-                                          "--master-port", str(port), "--skip-log-setup"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-               for _ in range(2)]
+    master, workers = start_distributed(["--expect-workers", "2", "--headless", "-u", "4", "-r", "4", "-t", "9s",
+                                         "--host", server.grpc_address, "--api", "kfs", "--model_name", "tail",
+                                         "--result_file", str(out), "--json"])
     try:
         time.sleep(5.5)                    # past the first worker reports (every 3 s)
         workers[0].send_signal(signal.SIGKILL)

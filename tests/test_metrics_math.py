@@ -153,7 +153,10 @@ def test_a_packed_histogram_is_the_histogram():
     packed = PackedHistogram.of(hist)
     assert packed.to_dict() == hist.to_dict() and packed.thaw() == hist
     assert [packed.quantile(q) for q in (0.0, 0.5, 0.99, 1.0)] == [hist.quantile(q) for q in (0.0, 0.5, 0.99, 1.0)]
-    assert len(packed.data) == 8 * len(hist.buckets)
+    assert packed.nbytes == 4 * len(hist.buckets)   # 2 bytes of index and 2 of count per bucket
+    big = LogHistogram()
+    big.add(7, 0.001, 70000)
+    assert PackedHistogram.of(big).buckets == {7: 70000} and PackedHistogram.of(big).nbytes == 6
     merged = LogHistogram()
     merged.merge(packed)
     assert merged == hist

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +24,7 @@ import requests
 from metrics_ext.mongo import mask_argv, mask_options
 from refserver.launcher import RefServer
 from refserver.tls import generate_certs
-from tests.conftest import terminate
+from tests.conftest import terminate, wait_until
 from tests.locust_run import LOCUST, LOCUSTFILE, _env, free_port, run_locust
 
 HEADER_SECRET = "hdr-Secret-7f3a9c"
@@ -221,14 +220,7 @@ def test_masking_functions_keep_names_and_hide_values():
 
 # -- web UI login and secrets -------------------------------------------------------------------------------------
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+_wait = wait_until
 
 
 def _up(url: str) -> bool:

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import requests
 
-from tests.conftest import terminate
+from tests.conftest import terminate, wait_until
 from tests.locust_run import LOCUST, LOCUSTFILE, _env, free_port
 
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+_wait = wait_until
 
 
 def _get(url: str) -> requests.Response | None:

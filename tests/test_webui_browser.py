@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import terminate
-from tests.locust_run import LOCUST, LOCUSTFILE, ROOT, _env, free_port
+from tests.locust_run import ROOT, free_port, start_distributed
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("OVMS_ARTIFACTS") or ROOT / "artifacts")
@@ -75,19 +74,11 @@ def test_distributed_run_from_the_web_ui(refserver, tmp_path):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    web_port, master_port = free_port(), free_port()
+    web_port = free_port()
     base = f"http://127.0.0.1:{web_port}"
     result_file = tmp_path / "result.json"
-    env = _env()
-    master = subprocess.Popen(
-        LOCUST + ["-f", str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port",
-                  str(master_port), "--web-host", "127.0.0.1", "--web-port", str(web_port), "--skip-log-setup",
-                  "--result_file", str(result_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    workers = [subprocess.Popen(LOCUST + ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
-                                          "--master-port", str(master_port), "--skip-log-setup"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
-               for _ in range(2)]
+    master, workers = start_distributed(["--web-host", "127.0.0.1", "--web-port", str(web_port),
+                                         "--result_file", str(result_file)], cwd=tmp_path)
     try:
         _wait(lambda: _ui_state(base).get("worker_count") == 2, 60, "two workers connected to the master")
         with sync_playwright() as pw:
