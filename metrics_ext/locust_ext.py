@@ -229,9 +229,8 @@ class MetricsExtension:
         self.environment: Any = None
         self.settings: dict = read_settings(None)
         self.recorder: Recorder | None = None
-        self.snapshots: dict[str, WorkerPart] = {}   # worker id -> its latest series (from a report or final)
+        self.parts: dict[str, WorkerPart] = {}   # worker id -> its latest series and when they came
         self.timeline = TimelineSum()          # the workers' timelines, added up from their drained reports
-        self.report_times: dict[str, float] = {}   # worker id -> when its latest snapshot arrived (wall clock)
         self.lost: dict[str, float] = {}       # worker id -> when the master found it missing (wall clock)
         self.finals: set[str] = set()          # the workers whose final snapshot arrived
         self.expected: set[str] = set()
@@ -261,9 +260,8 @@ class MetricsExtension:
     def on_test_start(self, environment: Any, **_kw: Any) -> None:
         self.settings = read_settings(environment.parsed_options)
         runner = environment.runner
-        self.snapshots.clear()
+        self.parts.clear()
         self.timeline = TimelineSum()
-        self.report_times.clear()
         self.lost.clear()
         self.finals.clear()
         self._write_failed = False
@@ -320,7 +318,7 @@ class MetricsExtension:
         for client in list(runner.clients.values()):
             if client.state == "missing" and client.id not in self.lost and client.id not in self.finals:
                 self.lost[client.id] = now = time.time()
-                last = self.report_times.get(client.id)
+                last = self.parts[client.id].reported_at if client.id in self.parts else None
                 kept = f"its data up to its last report at {_clock(last)} is kept" if last else "it sent no data"
                 log.error("metrics: worker %s lost at %s (no heartbeat); %s", client.id, _clock(now), kept)
 
@@ -355,13 +353,12 @@ class MetricsExtension:
 
     def on_worker_report(self, client_id: str, data: dict, **_kw: Any) -> None:
         if REPORT_KEY in data:
-            self.snapshots.setdefault(client_id, WorkerPart()).apply(data[REPORT_KEY], self.timeline)
-            self.report_times[client_id] = time.time()
+            self.parts.setdefault(client_id, WorkerPart()).apply(data[REPORT_KEY], self.timeline)
         if data.get(SERVER_KEY) and not getattr(self.environment, "ovms_server", None):
             self.environment.ovms_server = data[SERVER_KEY]
 
     def _on_final(self, environment: Any, msg: Any, **_kw: Any) -> None:
-        self.snapshots.setdefault(msg.node_id, WorkerPart()).apply(msg.data, self.timeline)
+        self.parts.setdefault(msg.node_id, WorkerPart()).apply(msg.data, self.timeline)
         self.finals.add(msg.node_id)
 
     def on_test_stop(self, environment: Any, **_kw: Any) -> None:
@@ -405,7 +402,7 @@ class MetricsExtension:
     def on_reset_stats(self, **_kw: Any) -> None:
         if self.recorder is not None:
             self.recorder = self._new_recorder(Phases(time.time(), self.settings["warmup"], self.settings["window"]))
-        self.snapshots.clear()
+        self.parts.clear()
         self._live = None
 
     # ------------------------------------------------------------------------------- export
@@ -420,15 +417,14 @@ class MetricsExtension:
                 return self.recorder, {"local": "final"}
             return Recorder.merged([self.recorder.snapshot()]), {"local": "final"}
         parts, workers = [], {}
-        for client in sorted(self.expected | set(self.snapshots) | set(self.finals)):
+        for client in sorted(self.expected | set(self.parts) | set(self.finals)):
             if client in self.finals:
-                parts.append(self.snapshots[client].snapshot())
+                parts.append(self.parts[client].snapshot())
                 workers[client] = "final"
-            elif client in self.snapshots:
-                parts.append(self.snapshots[client].snapshot())
+            elif client in self.parts:
+                parts.append(self.parts[client].snapshot())
                 state = "missing final: data up to its last report"
-                if client in self.report_times:
-                    state += f" at {_clock(self.report_times[client])}"
+                state += f" at {_clock(self.parts[client].reported_at)}"
                 if client in self.lost:
                     state += f"; lost at {_clock(self.lost[client])}"
                 workers[client] = state

@@ -5,6 +5,7 @@ No Locust import here (the tests' process uses it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
@@ -46,10 +47,8 @@ def check_writable(path: str, option: str, seconds: float | None = None) -> None
         hint = full if exc.errno == errno.ENOSPC else "give a writable path"
         raise MetricsError(f"--{option}: cannot write in {folder}: {exc.strerror or exc}; {hint}") from None
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink()
-        except OSError:
-            pass
     try:
         st = os.statvfs(folder)
         free = st.f_bavail * st.f_frsize
@@ -78,8 +77,6 @@ def write_atomically(target: Path, text: str) -> None:
         tmp.write_text(text)
         tmp.replace(target)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise

@@ -16,6 +16,7 @@ adds it to every series the request belongs to, with no allocation beyond a new 
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -454,9 +455,11 @@ class WorkerPart:
 
     def __init__(self) -> None:
         self.head: dict | None = None
+        self.reported_at = 0.0   # when its latest report (or final) arrived, wall clock
 
     def apply(self, snap: dict, timeline: TimelineSum) -> None:
         self.head = {k: v for k, v in snap.items() if k not in ("timeline", "drained")}
+        self.reported_at = time.time()
         timeline.add(snap["timeline"])
 
     def snapshot(self) -> dict:

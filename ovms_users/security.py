@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import ssl
 from typing import Any
 
 from ovms_users.errors import OptionError, ServerError
+from ovms_wire.netio import Endpoint
 
 __all__ = ["parse_headers", "parse_credentials", "verification_error", "check_certificate", "NO_VERIFY_WARNING"]
 
@@ -121,8 +121,7 @@ def _names_in_certificate(host: str, port: int, opts: Any, alpn: list[str] | Non
         ctx = ssl_context(replace(opts, tls_no_verify=True))
         if alpn:
             ctx.set_alpn_protocols(alpn)
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as sock:
+        with Endpoint(host, port, ssl_context=ctx, connect_timeout=timeout).open_socket() as sock:
             der = sock.getpeercert(binary_form=True)
         cert = x509.load_der_x509_certificate(der)
         try:
@@ -165,8 +164,7 @@ def check_certificate(host: str, port: int, opts: Any, alpn: list[str] | None = 
     if alpn:
         ctx.set_alpn_protocols(alpn)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host):
+        with Endpoint(host, port, ssl_context=ctx, connect_timeout=timeout).open_socket():
             return True
     except ssl.SSLCertVerificationError as exc:
         raise verification_error(host, port, exc, opts, alpn, timeout) from None

@@ -196,12 +196,7 @@ class InferenceMixin:
             response=None, exception=exc, start_time=start_time, url=None,
             context=self._contexts[frames] if seq is None else
             {"frames": frames, "api": api, "model": model, "version": version, "sequence_id": seq.id})
-        if seq is not None:
-            seq.after(exc)
-        if exc is not None:
-            self._failed(exc, name, frames, elapsed_ms)
-        elif self._backoff:
-            self._backoff = 0.0
+        self._settle(seq, exc, name, frames, elapsed_ms)
 
     def _send_scheduled(self, body: bytes, headers: dict[str, str], frames: int) -> None:
         """Open loop: claim the schedule's next intended start, wait for it if it lies ahead, send; the latency
@@ -226,6 +221,11 @@ class InferenceMixin:
             response=None, exception=exc, start_time=due + sched.wall, url=None,
             context={"frames": frames, "api": api, "model": model, "version": version,
                      "sequence_id": None if seq is None else seq.id, "schedule_lag_ms": (start - due) * 1000.0})
+        self._settle(seq, exc, name, frames, elapsed_ms)
+
+    def _settle(self, seq: Sequence | None, exc: Exception | None, name: str, frames: int, elapsed_ms: float) -> None:
+        """After a request's event: the sequence moves on, a failure is shown and counted, a success ends any
+        reconnect backoff."""
         if seq is not None:
             seq.after(exc)
         if exc is not None:
